@@ -1,0 +1,1 @@
+"""YOLOv8 detection of chest X-ray findings (ultralytics)."""

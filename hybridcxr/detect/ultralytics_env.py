@@ -1,0 +1,76 @@
+"""Every ultralytics quirk that matters offline, handled in one place.
+
+Call :func:`setup_ultralytics` before the first ``import ultralytics`` (all of hybridcxr does, through
+:func:`import_ultralytics`). It
+
+- points ``YOLO_CONFIG_DIR`` at a folder of ours (``$HYBRIDCXR_HOME/ultralytics``, default
+  ``~/.cache/hybridcxr``) holding matplotlib's DejaVuSans as ``Arial.ttf``/``Arial.Unicode.ttf``, since
+  ultralytics downloads those fonts otherwise;
+- sets ``YOLO_OFFLINE=1`` (no DNS look-ups or download attempts) unless the user set it, and
+  ``NO_ALBUMENTATIONS_UPDATE=1`` (no version check);
+- keeps all CPU cores: ultralytics sets ``OMP_NUM_THREADS=1`` at import and ``torch.set_num_threads`` to
+  ``cpu_count - 1`` when it picks the CPU, which halves speed on a 2-core laptop.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+_DONE = False
+
+
+def hybridcxr_home() -> Path:
+    """hybridcxr's own cache folder (``$HYBRIDCXR_HOME``, default ``~/.cache/hybridcxr``)."""
+    return Path(os.environ.get("HYBRIDCXR_HOME") or Path.home() / ".cache" / "hybridcxr")
+
+
+def cpu_threads() -> int:
+    """Threads torch should use on the CPU: every core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def setup_ultralytics() -> None:
+    """Make ultralytics work offline and use every core; idempotent, cheap after the first call."""
+    global _DONE
+    if _DONE:
+        return
+    config_dir = Path(os.environ.get("YOLO_CONFIG_DIR") or hybridcxr_home() / "ultralytics")
+    config_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+    _install_fonts(config_dir)
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads()))
+    import ultralytics.utils.torch_utils as torch_utils
+
+    torch_utils.NUM_THREADS = cpu_threads()
+    _DONE = True
+
+
+def import_ultralytics() -> ModuleType:
+    """Return the ``ultralytics`` module, set up by :func:`setup_ultralytics`."""
+    setup_ultralytics()
+    import ultralytics
+
+    return ultralytics
+
+
+def _install_fonts(config_dir: Path) -> None:
+    """Copy matplotlib's DejaVuSans into the config dir under the names ultralytics looks for."""
+    targets = [config_dir / "Arial.ttf", config_dir / "Arial.Unicode.ttf"]
+    if all(t.exists() for t in targets):
+        return
+    import matplotlib
+
+    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    for target in targets:
+        if not target.exists():
+            tmp = target.with_name(f".{target.name}.{os.getpid()}")
+            shutil.copyfile(font, tmp)
+            os.replace(tmp, target)

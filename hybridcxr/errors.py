@@ -1,0 +1,50 @@
+"""Typed errors and warnings. Every message names the file (or table) and the problem, never patient data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class HybridCXRError(Exception):
+    """Base of every error hybridcxr raises on purpose."""
+
+
+class InputError(HybridCXRError):
+    """A file or table that cannot be used; ``str(err)`` is ``"<path>: <problem>"``."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class RadiographError(InputError):
+    """An image file that cannot be read as a radiograph."""
+
+
+class NotAnImageError(RadiographError):
+    """Neither a DICOM nor an image format we decode (or a corrupt one)."""
+
+
+class NoPixelDataError(RadiographError):
+    """A DICOM file without Pixel Data (e.g. a Structured Report or a header-only file)."""
+
+
+class MultiFrameError(RadiographError):
+    """A DICOM with more than one frame: a projection radiograph has one."""
+
+
+class UnsupportedModalityError(RadiographError):
+    """A DICOM whose Modality is not a projection radiograph (CT, MR, US, ...)."""
+
+
+class DatasetError(InputError):
+    """A dataset table or folder that does not match the layout its adapter expects."""
+
+
+class RadiographWarning(UserWarning):
+    """Something odd but usable in a radiograph's header (unparseable age, body part other than chest)."""
+
+
+class DataWarning(UserWarning):
+    """Something odd but usable in a dataset table (unknown label, box clipped to the image)."""

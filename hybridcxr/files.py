@@ -1,0 +1,62 @@
+"""Atomic file writes: a reader (or a re-run after a kill) never sees a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    The temporary name keeps ``path``'s suffix (so writers that choose a format by extension work) and
+    starts with a dot (so dataset globs such as ultralytics' ``*.*`` skip it). On error it is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | Path, writer: Callable[[Path], Any]) -> Path:
+    """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write text atomically."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (indented, keys in insertion order)."""
+    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_csv(path: str | Path, table: pd.DataFrame) -> Path:
+    """Write a table as CSV atomically, without the index."""
+    return write_atomic(path, lambda tmp: table.to_csv(tmp, index=False))
+
+
+def read_json_or_none(path: str | Path) -> Any | None:
+    """Read a JSON file, or None where it is absent or unreadable (e.g. from an older, killed run)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
