@@ -1,0 +1,74 @@
+"""PNG and JPEG radiographs (NIH, TBX11K, published figures) into float32 [0, 1] pixels via Pillow.
+
+Values are scaled by the bit depth of the format (8 bit / 255, 16 bit / 65535), never by the image's own
+maximum, so one grey level means the same in every file. Colour is reduced to luminance (ITU-R 601-2, as
+Pillow's "L" conversion); an alpha channel is dropped, not composited: radiographs saved as RGBA are
+opaque, and compositing on black would darken any that are not. Pixels stay in the stored orientation
+(EXIF rotation is not applied) so boxes drawn on the stored pixels stay valid.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+import numpy as np
+from PIL import Image
+
+from hybridcxr.errors import NotAnImageError
+from hybridcxr.io.radiograph import Radiograph, RadiographMeta, image_id_of
+
+PathType = str | PathLike[str]
+
+_FORMATS = ("PNG", "JPEG", "MPO")  # MPO: multi-picture JPEGs some cameras write; frame 0 is the image
+_SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})  # "I": 16-bit grey PNG, older Pillow
+_GREY_CONVERTIBLE = frozenset({"L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX"})
+
+
+def image_meta(path: PathType) -> RadiographMeta:
+    """Metadata of a PNG/JPEG: only the path and image id are known."""
+    return RadiographMeta(path=str(path), image_id=image_id_of(path))
+
+
+def read_image(path: PathType) -> Radiograph:
+    """Decode a PNG or JPEG radiograph.
+
+    Raises:
+        NotAnImageError: not a PNG/JPEG Pillow can decode, or a corrupt or truncated one.
+    """
+    return Radiograph(pixels=decode_image(path), meta=image_meta(path))
+
+
+def decode_image(path: PathType) -> np.ndarray:
+    """A PNG/JPEG as a 2-D float32 array in [0, 1] (see the module docstring for scaling and colour)."""
+    try:
+        with Image.open(path, formats=_FORMATS) as im:
+            im.load()
+            return to_grey_float(im)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        # Pillow's errors for unknown, corrupt and truncated files (UnidentifiedImageError is an OSError)
+        raise NotAnImageError(path, f"cannot decode the image ({exc})") from exc
+
+
+def to_grey_float(im: Image.Image) -> np.ndarray:
+    """A loaded Pillow image as 2-D float32 grey in [0, 1], scaled by its bit depth.
+
+    >>> to_grey_float(Image.new("I;16", (2, 1), 65535)).tolist()
+    [[1.0, 1.0]]
+    """
+    if im.mode in _SIXTEEN_BIT:
+        return _scaled(np.asarray(im), 65535.0)
+    if im.mode == "1":
+        return np.asarray(im, dtype=np.float32)
+    if im.mode != "L":
+        im = im.convert("L") if im.mode in _GREY_CONVERTIBLE else im.convert("RGB").convert("L")
+    return _scaled(np.asarray(im), 255.0)
+
+
+def _scaled(arr: np.ndarray, top: float) -> np.ndarray:
+    out = arr.astype(np.float32)
+    out /= top
+    if arr.dtype.itemsize > 2:  # 32-bit "I" data may exceed 16 bits
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
