@@ -1,0 +1,136 @@
+"""The ``hybridcxr`` command line: a thin face over the library, one command per job.
+
+Exit codes: 0 done; 1 bad input or configuration (the message names the file and the problem);
+2 usage error; 3 finished, but some inputs were skipped (listed at the end).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from hybridcxr import __version__
+
+app = typer.Typer(
+    name="hybridcxr",
+    help="Chest X-ray AI: YOLOv8 finding detection fused with CNN embeddings and demographics.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+EXIT_INPUT = 1
+EXIT_SKIPPED = 3
+
+
+def _fail(err: Exception) -> NoReturn:
+    console.print(f"[bold red]error:[/] {err}", highlight=False)
+    raise typer.Exit(EXIT_INPUT)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"hybridcxr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Chest X-ray AI: YOLOv8 finding detection fused with CNN embeddings and demographics."""
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or abs(sum(parts) - 1) > 1e-6 or min(parts) < 0:
+        raise typer.BadParameter(f"expected three fractions for train,val,test summing to 1, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+@app.command()
+def prepare(
+    source: Annotated[str, typer.Argument(help="Dataset adapter: vindr-cxr, vindr-pcxr, nih, chestx-det10, pneumonia, coco.")],
+    root: Annotated[Path, typer.Option(help="The dataset's folder, in its official layout.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the prepared dataset.")],
+    labels: Annotated[Path | None, typer.Option(help="Label table, where not at its official place under --root.")] = None,
+    boxes: Annotated[Path | None, typer.Option(help="Box table, where not at its official place under --root.")] = None,
+    extra_boxes: Annotated[list[Path] | None, typer.Option("--extra-boxes", help="More box files from other readers (nih: ChestX-Det10 JSON).")] = None,
+    size: Annotated[int | None, typer.Option(help="Long side of the cached images in pixels [configs/prepare.yaml: 512].")] = None,
+    bits: Annotated[int | None, typer.Option(help="Bit depth of the cached PNGs: 8 or 16 [8].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes [all cores; 0 = in this process].")] = None,
+    fusion: Annotated[str | None, typer.Option(help="Reader fusion: wbf, nms or none [wbf].")] = None,
+    iou: Annotated[float | None, typer.Option(help="IoU above which readers' boxes of one finding are fused [0.4; nih 0.3].")] = None,
+    label_rule: Annotated[str | None, typer.Option(help="Image label from readers: any or majority [any].")] = None,
+    split: Annotated[str | None, typer.Option(help="Train,val,test fractions, patient-grouped and stratified [0.8,0.1,0.1].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split [0].")] = None,
+    keep_official_test: Annotated[bool | None, typer.Option("--keep-official-test/--resplit-test", help="Keep the dataset's own test split [keep].")] = None,
+    allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Decode, split (patient-grouped) and fuse readers' boxes into a YOLO dataset plus manifest."""
+    from hybridcxr.config import load_config
+    from hybridcxr.data.prepare import PrepareOptions
+    from hybridcxr.data.prepare import prepare as run_prepare
+    from hybridcxr.data.sources import load_source
+    from hybridcxr.errors import HybridCXRError
+
+    try:
+        config = load_config("prepare", dataset=source, overrides={
+            "size": size, "bits": bits, "fusion": fusion, "iou": iou, "label_rule": label_rule,
+            "split": _fractions(split) if split is not None else None, "seed": seed,
+            "keep_official_test": keep_official_test,
+        })
+    except HybridCXRError as err:
+        _fail(err)
+    if config["fusion"] not in ("wbf", "nms", "none"):
+        raise typer.BadParameter(f"--fusion must be wbf, nms or none, not {config['fusion']!r}")
+    if config["label_rule"] not in ("any", "majority"):
+        raise typer.BadParameter(f"--label-rule must be any or majority, not {config['label_rule']!r}")
+    if config["bits"] not in (8, 16):
+        raise typer.BadParameter(f"--bits must be 8 or 16, not {config['bits']}")
+    options = PrepareOptions(
+        size=int(config["size"]), bits=int(config["bits"]), fusion=config["fusion"], iou_thr=float(config["iou"]),
+        fractions=tuple(config["split"]), seed=int(config["seed"]),  # type: ignore[arg-type]
+        keep_official_test=bool(config["keep_official_test"]), allow_modality=allow_modality,
+        progress=progress and sys.stderr.isatty(),
+    )
+    if workers is not None:
+        options.workers = workers
+    extra = {"extra_boxes": list(extra_boxes)} if extra_boxes else {}
+    try:
+        tables = load_source(source, root, labels=labels, boxes=boxes, label_rule=config["label_rule"], **extra)
+        result = run_prepare(tables, out_dir, options)
+    except HybridCXRError as err:
+        _fail(err)
+    out.print(str(result), highlight=False)
+    if result.skipped:
+        raise typer.Exit(EXIT_SKIPPED)
+
+
+@app.command("demo-data")
+def demo_data(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the phantom dataset into.")],
+    n: Annotated[int, typer.Option("--n", help="Number of phantom radiographs.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+) -> None:
+    """Write synthetic phantom chest radiographs as DICOM in the VinDr-CXR layout (no downloads)."""
+    from hybridcxr.data.phantom import make_phantom_dataset
+
+    summary = make_phantom_dataset(out_dir, n=n, seed=seed, progress=sys.stderr.isatty())
+    out.print(f"Wrote {summary.n_train} train and {summary.n_test} test phantom DICOMs "
+              f"({summary.n_patients} synthetic patients) to {out_dir}", highlight=False)
+    out.print(f"Prepare them with: hybridcxr prepare vindr-cxr --root {out_dir} --out <PREPARED>", highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
