@@ -22,8 +22,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)  # no hard wraps: paths in messages stay copyable
 
 EXIT_INPUT = 1
 EXIT_SKIPPED = 3
@@ -130,6 +130,89 @@ def demo_data(
     out.print(f"Wrote {summary.n_train} train and {summary.n_test} test phantom DICOMs "
               f"({summary.n_patients} synthetic patients) to {out_dir}", highlight=False)
     out.print(f"Prepare them with: hybridcxr prepare vindr-cxr --root {out_dir} --out <PREPARED>", highlight=False)
+
+
+train_app = typer.Typer(help="Train a model: the detector (classifier and tuning to follow).", no_args_is_help=True)
+evaluate_app = typer.Typer(help="Score predictions against ground truth, the way the field reports them.",
+                           no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")
+
+
+@train_app.command("detector")
+def train_detector_cmd(
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder (from `hybridcxr prepare`) or its data.yaml.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder; an unfinished run there is resumed.")],
+    model: Annotated[str | None, typer.Option(help="yolov8{n,s,m,l,x}.yaml (from scratch) or a local .pt [yolov8n.yaml].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs [configs/detector.yaml: 100].")] = None,
+    imgsz: Annotated[int | None, typer.Option(help="Image size for training and inference [512].")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value settings of configs/detector.yaml, e.g. fliplr=0.5 batch=32.")] = None,
+) -> None:
+    """Train the YOLOv8 finding detector on fused reader boxes (CUDA+AMP when present, else all CPU cores)."""
+    from hybridcxr.config import parse_overrides
+    from hybridcxr.detect.train import detector_config, train_detector
+    from hybridcxr.errors import HybridCXRError
+
+    try:
+        settings = parse_overrides(overrides or [])
+        settings.update({k: v for k, v in {"model": model, "epochs": epochs, "imgsz": imgsz}.items() if v is not None})
+        run = train_detector(data, out_dir, detector_config(settings))
+    except HybridCXRError as err:
+        _fail(err)
+    out.print(str(run), highlight=False)
+
+
+@app.command()
+def detect(
+    inputs: Annotated[list[Path], typer.Argument(help="DICOM/PNG/JPEG files or folders (searched recursively).")],
+    weights: Annotated[Path, typer.Option(help="Detector run folder or its .safetensors weights.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    conf: Annotated[float | None, typer.Option(help="Lowest score kept [configs/detector.yaml: 0.05].")] = None,
+    tta: Annotated[bool, typer.Option(help="Also run the flipped image and merge boxes by WBF.")] = False,
+    overlay: Annotated[bool, typer.Option(help="Write box-overlay PNGs for radiologists.")] = False,
+    allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Detect findings: detections.csv, one JSON per image and a VinDr/Kaggle submission.csv."""
+    from hybridcxr.detect.predict import Detector
+    from hybridcxr.errors import HybridCXRError
+    from hybridcxr.pipeline import detect_files
+
+    try:
+        detector = Detector.load(weights, device=device)
+        result = detect_files(inputs, detector, out_dir, conf=conf, tta=tta, overlay=overlay,
+                              allow_modality=allow_modality, progress=progress and sys.stderr.isatty())
+    except HybridCXRError as err:
+        _fail(err)
+    out.print(str(result), highlight=False)
+    if result.skipped:
+        raise typer.Exit(EXIT_SKIPPED)
+
+
+@evaluate_app.command("detector")
+def evaluate_detector_cmd(
+    pred: Annotated[Path, typer.Option(help="detections.csv or submission.csv, or the `detect` output folder.")],
+    truth: Annotated[Path, typer.Option(help="Prepared dataset folder (its boxes.csv and manifest) or a box table CSV.")],
+    split: Annotated[str | None, typer.Option(help="Evaluate the images of this split of a prepared dataset [those predicted].")] = None,
+    iou: Annotated[float, typer.Option(help="IoU a prediction must exceed to match (VinDr: 0.4).")] = 0.4,
+    interpolation: Annotated[str, typer.Option(help="voc2010 (the competition's) or coco101 (pycocotools').")] = "voc2010",
+    report: Annotated[Path | None, typer.Option(help="Also write the report as Markdown here.")] = None,
+) -> None:
+    """VinDr-CXR mAP@0.4 per finding and mean (Kaggle's metric), plus FROC at 0.5/1/2/4 FP per image."""
+    from hybridcxr.detect.evaluate import evaluate_detector
+    from hybridcxr.errors import HybridCXRError
+    from hybridcxr.files import write_text
+
+    if interpolation not in ("voc2010", "coco101"):
+        raise typer.BadParameter(f"--interpolation must be voc2010 or coco101, not {interpolation!r}")
+    try:
+        result = evaluate_detector(pred, truth, split=split, iou_thr=iou, interpolation=interpolation)
+    except HybridCXRError as err:
+        _fail(err)
+    out.print(str(result), highlight=False)
+    if report is not None:
+        write_text(report, result.to_markdown() + "\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

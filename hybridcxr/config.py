@@ -5,6 +5,8 @@ and from the command line.
 'wbf'
 >>> load_config("prepare", dataset="nih")["iou"]
 0.3
+>>> load_config("detector", overrides={"fliplr": 0.5, "epochs": 3})["augment"]["fliplr"]
+0.5
 """
 
 from __future__ import annotations
@@ -32,11 +34,32 @@ def load_config(job: str, *, dataset: str | None = None, overrides: Mapping[str,
         if per_dataset.is_file():
             config.update(_read(per_dataset).get(job) or {})
     for key, value in (overrides or {}).items():
-        if key not in config:
-            raise InputError(CONFIG_DIR / f"{job}.yaml", f"unknown key {key!r}; known keys: {sorted(config)}")
+        section, name = _locate(config, key)
+        if section is None:
+            raise InputError(CONFIG_DIR / f"{job}.yaml", f"unknown key {key!r}; known keys: {sorted(_keys(config))}")
         if value is not None:
-            config[key] = value
+            section[name] = value
     return config
+
+
+def _keys(config: Mapping[str, Any]) -> list[str]:
+    """Every key a user may override: top-level ones and those of nested sections (``augment.fliplr``)."""
+    keys = []
+    for key, value in config.items():
+        keys += [f"{key}.{k}" for k in value] if isinstance(value, dict) else [key]
+    return keys
+
+
+def _locate(config: dict[str, Any], key: str) -> tuple[dict[str, Any] | None, str]:
+    """The mapping that holds ``key`` (``section.key``, or a bare key unique across sections) and its name there."""
+    if "." in key:
+        head, _, name = key.partition(".")
+        section = config.get(head)
+        return (section, name) if isinstance(section, dict) and name in section else (None, key)
+    if key in config and not isinstance(config[key], dict):
+        return config, key
+    holders = [v for v in config.values() if isinstance(v, dict) and key in v]
+    return (holders[0], key) if len(holders) == 1 else (None, key)
 
 
 def parse_overrides(pairs: list[str], source: str = "command line") -> dict[str, Any]:

@@ -31,6 +31,7 @@ from hybridcxr.data.schema import SourceTables
 from hybridcxr.data.splits import SplitSummary, assign_splits, check_leakage, summarize
 from hybridcxr.errors import DatasetError, HybridCXRError
 from hybridcxr.files import atomic_path, read_json_or_none, write_csv, write_json, write_text
+from hybridcxr.progress import progress_bar
 
 SPLITS = ("train", "val", "test")
 
@@ -244,7 +245,7 @@ def _run(jobs: list[_Job], opts: PrepareOptions) -> Iterator[dict]:
     """Run decode jobs in ``opts.workers`` processes (0 = in this process) behind a progress bar."""
     if not jobs:
         return
-    with _progress(len(jobs), opts.progress) as advance:
+    with progress_bar(len(jobs), "decoding", opts.progress) as advance:
         if opts.workers <= 0:
             _init_worker()
             for job in jobs:
@@ -300,28 +301,6 @@ def _decode_one(job: _Job) -> dict:
             record = {"image_id": job.image_id, "source": job.source, "error": message}
     record["warnings"] = [str(w.message) for w in caught]
     return record
-
-
-class _progress:
-    """A rich progress bar (or nothing) that yields an ``advance()`` callable."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self.bar = total, enabled, None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            transient=False)
-        self.bar.start()
-        task = self.bar.add_task("decode", total=self.total)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 # --- writing ---------------------------------------------------------------------------------------------

@@ -435,6 +435,33 @@ def to_submission(pred: pd.DataFrame, image_ids: Iterable[str], findings: Sequen
                          "PredictionString": strings.reindex(ids).fillna(default).to_numpy(dtype=object)})
 
 
+def add_no_finding(pred: pd.DataFrame, image_ids: Iterable[str]) -> pd.DataFrame:
+    """Give every image a "No finding" prediction (box ``0 0 1 1``) from a detector that has no such class.
+
+    Its score is ``1 -`` the image's highest finding score (1 where nothing was found), the usual way a box
+    detector enters the competition's 15th class. Images that already have a "No finding" prediction keep
+    theirs. Without this, "No finding" would score AP 0 and pull the 15-class mean down by a fifteenth.
+
+    >>> pred = pd.DataFrame({"image_id": ["a"], "finding": ["ILD"], "score": [0.75],
+    ...                      "x_min": [0.0], "y_min": [0.0], "x_max": [5.0], "y_max": [5.0]})
+    >>> add_no_finding(pred, ["a", "b"])[["image_id", "finding", "score"]].values.tolist()
+    [['a', 'ILD', 0.75], ['a', 'No finding', 0.25], ['b', 'No finding', 1.0]]
+    """
+    table = _check_columns(pred, ("image_id", "finding", "score", *_COORDS), "predictions")
+    table = table.assign(image_id=table["image_id"].astype(str), finding=_canonical(table["finding"]))
+    ids = pd.Index([str(i) for i in image_ids]).unique()
+    has_own = set(table.loc[table["finding"] == NO_FINDING, "image_id"])
+    top = table[table["finding"] != NO_FINDING].groupby("image_id")["score"].max()
+    todo = [i for i in ids if i not in has_own]
+    rows = pd.DataFrame({"image_id": todo, "finding": NO_FINDING,
+                         "score": 1.0 - top.reindex(todo).fillna(0.0).to_numpy(dtype=float),
+                         **dict(zip(_COORDS, NO_FINDING_BOX))})
+    merged = pd.concat([table, rows], ignore_index=True) if len(table) else rows
+    order = {i: k for k, i in enumerate(ids)}
+    merged = merged.assign(_o=merged["image_id"].map(order).fillna(len(order)), _n=merged["finding"] == NO_FINDING)
+    return merged.sort_values(["_o", "_n"], kind="stable").drop(columns=["_o", "_n"]).reset_index(drop=True)
+
+
 # ------------------------------------------------------------------------------------------- internals
 def _canonical(names: pd.Series) -> pd.Series:
     mapping = {n: canonical(str(n)) for n in pd.unique(names)}

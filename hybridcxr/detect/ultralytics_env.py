@@ -48,9 +48,36 @@ def setup_ultralytics() -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads()))
     import ultralytics.utils.torch_utils as torch_utils
+    from ultralytics.utils import SETTINGS
 
     torch_utils.NUM_THREADS = cpu_threads()
+    if SETTINGS.get("sync"):
+        SETTINGS.update({"sync": False})  # no usage analytics from a hospital's machine
+    _patch_amp_check()
     _DONE = True
+
+
+def setup_torch_threads() -> None:
+    """Let torch use every core on the CPU (ultralytics would leave it at one on a 2-core laptop)."""
+    import torch
+
+    if torch.get_num_threads() < cpu_threads():
+        torch.set_num_threads(cpu_threads())
+
+
+def _patch_amp_check() -> None:
+    """Ultralytics' AMP check on CUDA downloads yolo26n.pt; offline, trust AMP instead of trying to fetch it."""
+    import ultralytics.engine.trainer as trainer
+    from ultralytics.utils import WEIGHTS_DIR
+
+    original = trainer.check_amp
+
+    def check_amp(model):  # type: ignore[no-untyped-def]
+        if not (WEIGHTS_DIR / "yolo26n.pt").is_file() and os.environ.get("YOLO_OFFLINE", "") not in ("", "0", "false"):
+            return True
+        return original(model)
+
+    trainer.check_amp = check_amp
 
 
 def import_ultralytics() -> ModuleType:

@@ -1,0 +1,87 @@
+"""Pooled features of a trained YOLOv8: what the detector "sees", as one vector per image for the classifier.
+
+The vector is the global average of the SPPF output (the backbone's summary of the whole image) and of the
+three neck outputs that feed the Detect head (P3/8, P4/16, P5/32), concatenated in that order: 256 + 64 +
+128 + 256 = 704 values for YOLOv8n, and the card records the dimension. They are taken with forward hooks
+during the detection forward pass, so detection and features cost one pass.
+
+>>> detector = Detector.load("runs/det")                           # doctest: +SKIP
+>>> ids, feats = pooled_features(detector, ["a.dcm", "b.png"])    # doctest: +SKIP
+>>> feats.shape                                                    # doctest: +SKIP
+(2, 704)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from hybridcxr.detect.predict import Detector
+
+
+def feature_layers(model: Any) -> tuple[list[int], list[int]]:
+    """Indices of the SPPF layer and of the Detect head's inputs, and their channel counts."""
+    import torch
+    from ultralytics.nn.modules import SPPF
+
+    layers = [m.i for m in model.model if isinstance(m, SPPF)][-1:]
+    head = model.model[-1]
+    layers += list(head.f) if isinstance(head.f, (list, tuple)) else [head.f]
+    hooks = FeatureHooks(model, layers)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), hooks.capture() as pooled:
+        model(torch.zeros(1, 3, 64, 64, device=next(model.parameters()).device))
+        dims = [int(part.shape[1]) for part in pooled()]
+    model.train(was_training)
+    return layers, dims
+
+
+class FeatureHooks:
+    """Forward hooks that global-average-pool the outputs of chosen layers while the model runs."""
+
+    def __init__(self, model: Any, layers: Sequence[int]) -> None:
+        self.model, self.layers = model, list(layers)
+
+    @contextmanager
+    def capture(self, enabled: bool = True) -> Iterator[Callable[[], np.ndarray]]:
+        """Within the block, forward passes record pooled outputs; the yielded callable returns them per layer."""
+        store: dict[int, Any] = {}
+        handles = []
+        if enabled:
+            for index in self.layers:
+                def hook(_module, _inputs, output, index=index):  # type: ignore[no-untyped-def]
+                    store[index] = output.float().mean(dim=(2, 3))
+                handles.append(self.model.model[index].register_forward_hook(hook))
+
+        def pooled() -> list[np.ndarray]:
+            return [store[i].cpu().numpy().astype(np.float32) for i in self.layers]
+
+        try:
+            yield pooled
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def concat_pooled(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """One (N, D) feature matrix from the per-layer pooled outputs."""
+    return np.concatenate(parts, axis=1)
+
+
+def pooled_features(
+    detector: Detector, inputs: Iterable[str | Path], *, on_error: Callable[[Path, Exception], None] | None = None,
+    on_done: Callable[[int], None] | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """Pooled features of every readable input (batched); returns image ids and an (N, D) float32 array."""
+    ids, rows = [], []
+    for detection in detector.predict_paths(inputs, features=True, on_error=on_error, on_done=on_done):
+        ids.append(detection.radiograph.image_id)
+        rows.append(detection.features)
+    dim = detector.feature_dim
+    return ids, (np.stack(rows) if rows else np.zeros((0, dim), np.float32))

@@ -1,0 +1,203 @@
+"""Train the YOLOv8 finding detector on a prepared dataset (``hybridcxr prepare``), through ultralytics.
+
+A run folder holds what ultralytics writes (``weights/last.pt``, ``weights/best.pt``, ``results.csv``,
+``args.yaml``) plus what is ours: ``weights/best.safetensors`` with its card ``weights/best.json`` (the
+weights ``hybridcxr detect`` loads without unpickling anything), and ``training_curves.png``.
+
+>>> config = detector_config({"epochs": 3, "fliplr": 0.5})
+>>> config["epochs"], config["augment"]["fliplr"]
+(3, 0.5)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from hybridcxr.config import load_config
+from hybridcxr.detect.ultralytics_env import cpu_threads, import_ultralytics
+from hybridcxr.detect.weights import export_detector
+from hybridcxr.errors import DatasetError, InputError
+from hybridcxr.files import atomic_path, read_json_or_none
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DetectorRun:
+    """What :func:`train_detector` left in its run folder."""
+
+    out: Path
+    weights: Path  # best.safetensors (card beside it)
+    card: dict[str, Any]
+    resumed: bool
+
+    def __str__(self) -> str:
+        m = self.card.get("metrics", {})
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in m.items()) or "no validation metrics"
+        return (f"Detector trained for {self.card['epochs_trained']} epochs"
+                f"{' (resumed)' if self.resumed else ''} on {self.card['device']}: {scores}\n"
+                f"weights: {self.weights}\ncurves:  {self.out / 'training_curves.png'}")
+
+
+def detector_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults from ``configs/detector.yaml`` with ``overrides`` applied (nested keys by bare name)."""
+    return load_config("detector", overrides=overrides)
+
+
+def resolve_data_yaml(data: str | Path) -> Path:
+    """``data.yaml`` of a prepared folder (or the yaml itself); raises DatasetError where there is none."""
+    path = Path(data)
+    path = path / "data.yaml" if path.is_dir() else path
+    if not path.is_file():
+        raise DatasetError(path, "no data.yaml here; make one with `hybridcxr prepare`")
+    return path
+
+
+def choose_device(setting: str | int) -> tuple[str, bool]:
+    """The ultralytics device string and whether AMP may be used: every CUDA GPU, else the CPU."""
+    import torch
+
+    if str(setting) != "auto":
+        device = str(setting)
+        return device, device != "cpu" and torch.cuda.is_available()
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        return "cpu", False
+    return ",".join(str(i) for i in range(n)), True
+
+
+def train_detector(data: str | Path, out: str | Path, config: dict[str, Any] | None = None) -> DetectorRun:
+    """Train (or resume) a YOLOv8 detector on a prepared dataset; export safetensors + card and curves.
+
+    Args:
+        data: The prepared folder (or its ``data.yaml``).
+        out: The run folder. If it holds an unfinished run's ``weights/last.pt`` and ``config["resume"]``,
+            training continues from there; a finished run is refused rather than overwritten.
+        config: :func:`detector_config` output (defaults when None).
+
+    Raises:
+        DatasetError: No ``data.yaml``; InputError: ``out`` already holds a finished detector.
+    """
+    config = config or detector_config()
+    data_yaml = resolve_data_yaml(data)
+    out = Path(out).resolve()
+    card_path = out / "weights" / "best.json"
+    if card_path.is_file():
+        raise InputError(out, "already holds a trained detector (weights/best.json); choose another --out")
+    last = out / "weights" / "last.pt"
+    resumed = bool(config["resume"]) and last.is_file()
+
+    ultralytics = import_ultralytics()
+    device, amp_ok = choose_device(config["device"])
+    workers = config["workers"]
+    if workers == "auto":
+        workers = 8 if device != "cpu" else cpu_threads()
+    if resumed:
+        log.info("resuming the unfinished run in %s", out)
+        model = ultralytics.YOLO(str(last))
+        model.train(resume=True, device=device, workers=int(workers))
+    else:
+        model = ultralytics.YOLO(_model_source(config["model"]))
+        args = {
+            "data": str(data_yaml), "epochs": int(config["epochs"]), "imgsz": int(config["imgsz"]),
+            "batch": config["batch"], "device": device, "amp": bool(config["amp"]) and amp_ok,
+            "workers": int(workers), "patience": int(config["patience"]), "seed": int(config["seed"]),
+            "deterministic": True, "project": str(out.parent), "name": out.name, "exist_ok": True,
+            "verbose": False, **config["augment"], **config["ultralytics"],
+        }
+        model.train(**args)
+    best = out / "weights" / "best.pt"
+    if not best.is_file():
+        best = last
+    results = _read_results(out / "results.csv")
+    summary = read_json_or_none(data_yaml.parent / "summary.json") or {}
+    card = {
+        "epochs_trained": int(len(results)),
+        "device": device,
+        "amp": bool(config["amp"]) and amp_ok,
+        "data": str(data_yaml),
+        "data_summary": {k: summary.get(k) for k in ("source", "images_per_split", "patients_per_split",
+                                                     "grouped_by") if k in summary},
+        "metrics": _final_metrics(results),
+        "config": {k: v for k, v in config.items() if k not in ("resume",)},
+    }
+    weights = export_detector(best, out / "weights" / "best.safetensors", card)
+    if len(results):
+        plot_training_curves(results, out / "training_curves.png")
+    return DetectorRun(out, weights, read_json_or_none(card_path) or card, resumed)
+
+
+def _model_source(model: str) -> str:
+    """A model yaml of ultralytics' (built from scratch, nothing downloaded) or a local .pt file."""
+    if model.endswith((".yaml", ".yml")):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise InputError(path, "starting weights not found; give a local .pt or a model yaml such as yolov8n.yaml "
+                               "(no weights are downloaded)")
+    return str(path)
+
+
+def _read_results(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame()
+    results = pd.read_csv(path)
+    results.columns = [c.strip() for c in results.columns]
+    return results
+
+
+def _final_metrics(results: pd.DataFrame) -> dict[str, float]:
+    """Ultralytics' validation metrics of the best epoch (its mAP50 is COCO-style, not VinDr's mAP@0.4)."""
+    cols = {"metrics/mAP50(B)": "ultralytics_mAP50", "metrics/mAP50-95(B)": "ultralytics_mAP50-95",
+            "metrics/precision(B)": "precision", "metrics/recall(B)": "recall"}
+    if results.empty or "metrics/mAP50(B)" not in results:
+        return {}
+    best = results.loc[results["metrics/mAP50(B)"].idxmax()]
+    return {name: float(best[col]) for col, name in cols.items() if col in results}
+
+
+def plot_training_curves(results: pd.DataFrame, path: str | Path) -> Path:
+    """Draw losses (train and val) and validation metrics per epoch from ultralytics' results.csv as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = results["epoch"] if "epoch" in results else pd.Series(range(1, len(results) + 1))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
+    for ax, kind in zip(axes[:2], ("train", "val")):
+        for loss in ("box_loss", "cls_loss", "dfl_loss"):
+            col = f"{kind}/{loss}"
+            if col in results:
+                ax.plot(epochs, results[col], marker="o", ms=3, label=loss.replace("_loss", ""))
+        ax.set(title=f"{kind} loss", xlabel="epoch")
+        ax.legend(frameon=False)
+        ax.grid(alpha=0.3)
+    for col, label in (("metrics/mAP50(B)", "mAP@0.5"), ("metrics/mAP50-95(B)", "mAP@0.5:0.95"),
+                       ("metrics/precision(B)", "precision"), ("metrics/recall(B)", "recall")):
+        if col in results:
+            axes[2].plot(epochs, results[col], marker="o", ms=3, label=label)
+    axes[2].set(title="validation (ultralytics' metrics)", xlabel="epoch", ylim=(0, 1))
+    axes[2].legend(frameon=False)
+    axes[2].grid(alpha=0.3)
+    fig.suptitle("hybridcxr detector training")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def data_names(data_yaml: str | Path) -> list[str]:
+    """Class names of a YOLO ``data.yaml`` in index order."""
+    names = yaml.safe_load(Path(data_yaml).read_text())["names"]
+    return [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
+
+
+__all__ = ["DetectorRun", "choose_device", "data_names", "detector_config", "plot_training_curves",
+           "resolve_data_yaml", "train_detector"]

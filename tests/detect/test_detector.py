@@ -1,0 +1,186 @@
+"""The detector end to end on phantoms: train, export without pickles, detect, evaluate, pooled features.
+
+One tiny detector is trained once per module (1 epoch, 128 px) with every network connection forbidden;
+what it predicts is not the point here (tools/bench_detector.py measures accuracy), the plumbing is.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hybridcxr.cli import app
+from hybridcxr.data.phantom import make_phantom_dataset
+from hybridcxr.data.prepare import PrepareOptions, prepare
+from hybridcxr.data.sources import load_source
+from hybridcxr.detect.predict import Detector, Prepared, letterbox
+from hybridcxr.detect.train import detector_config, train_detector
+from hybridcxr.io import Radiograph, RadiographMeta, read_radiograph
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantom")
+    make_phantom_dataset(root, n=24, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(phantom, tmp_path_factory):
+    out = tmp_path_factory.mktemp("det")
+    prepare(load_source("vindr-cxr", phantom), out / "prepared", PrepareOptions(size=160, workers=0, progress=False))
+    with pytest.MonkeyPatch.context() as mp:
+        attempts = _forbid_network(mp)
+        result = train_detector(out / "prepared", out / "run",
+                                detector_config({"epochs": 1, "imgsz": 128, "batch": 8, "workers": 0}))
+    assert not attempts, f"training tried the network: {attempts}"
+    return out, result
+
+
+def _forbid_network(mp: pytest.MonkeyPatch) -> list[str]:
+    import socket
+
+    attempts: list[str] = []
+    original = socket.socket.connect
+
+    def connect(self, address, *args, **kwargs):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            attempts.append(str(address))
+            raise OSError("network")
+        return original(self, address, *args, **kwargs)
+
+    mp.setattr(socket.socket, "connect", connect)
+    return attempts
+
+
+def test_training_leaves_weights_card_and_curves(run):
+    out, result = run
+    weights = out / "run" / "weights"
+    assert result.weights == weights / "best.safetensors" and result.weights.is_file()
+    card = json.loads((weights / "best.json").read_text())
+    assert card["findings"][8] == "Nodule/Mass" and len(card["findings"]) == 14
+    assert card["imgsz"] == 128 and card["epochs_trained"] == 1 and card["device"] == "cpu"
+    assert card["feature_dims"] == [256, 64, 128, 256] and card["feature_dim"] == 704
+    assert card["data_summary"]["grouped_by"] == "patient"
+    assert (out / "run" / "training_curves.png").stat().st_size > 10_000
+    assert result.weights.read_bytes()[8:9] == b"{"  # safetensors: 8-byte length, then a JSON header
+
+
+def test_finished_run_is_not_overwritten(run):
+    out, _ = run
+    from hybridcxr.errors import InputError
+
+    with pytest.raises(InputError, match="already holds a trained detector"):
+        train_detector(out / "prepared", out / "run", detector_config({"epochs": 1}))
+
+
+def test_detector_loads_without_unpickling(run, monkeypatch):
+    out, _ = run
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("torch.load (pickle) called while loading the detector")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    detector = Detector.load(out / "run", device="cpu")
+    assert detector.findings[3] == "Cardiomegaly" and detector.imgsz == 128
+
+
+def test_pooled_features_equal_ultralytics_embeddings(run, phantom):
+    """Our hooks give the same vector as ultralytics' own ``embed`` of the same layers."""
+    out, _ = run
+    detector = Detector.load(out / "run", device="cpu")
+    radiograph = read_radiograph(next((phantom / "test").glob("*.dicom")))
+    ours = detector.predict([radiograph], features=True)[0].features
+    assert ours.shape == (704,)
+    item = detector.prepare(radiograph)
+    x = torch.from_numpy(item.image)[None, None].expand(-1, 3, -1, -1).float() / 255
+    with torch.inference_mode():
+        reference = detector.model._predict_once(x, embed=detector.card["feature_layers"])[0].numpy()
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_boxes_map_back_to_original_pixels():
+    """A box drawn in letterboxed pixels lands where it belongs in a non-square original."""
+    radiograph = Radiograph(np.zeros((300, 500), np.float32), RadiographMeta(path="x.png", image_id="x"))
+    image, scale, (left, top) = letterbox(radiograph.pixels, 100)
+    assert image.shape == (100, 100) and scale == pytest.approx(0.2) and (left, top) == (0, 20)
+    detector = Detector.__new__(Detector)  # the mapping needs no model
+    box = np.array([[left + 10 * scale, top + 30 * scale, left + 400 * scale, top + 290 * scale, 0.9, 3]], np.float32)
+    item = Prepared(radiograph, image, scale, (left, top))
+    np.testing.assert_allclose(Detector._to_original(detector, box, item, flip=False)[0, :4], [10, 30, 400, 290], atol=1e-3)
+    flipped = Detector._to_original(detector, box, item, flip=True)[0, :4]
+    np.testing.assert_allclose(flipped, [100, 30, 490, 290], atol=1e-3)
+    outside = np.array([[-50, -50, 120, 120, 0.5, 0]], np.float32)
+    clipped = Detector._to_original(detector, outside, item, flip=False)[0, :4]
+    assert clipped.min() >= 0 and clipped[2] <= 500 and clipped[3] <= 300
+
+
+def test_detect_cli_writes_outputs_and_lists_bad_files(run, phantom, tmp_path, no_network):
+    out, _ = run
+    inputs = tmp_path / "inputs"
+    shutil.copytree(phantom / "test", inputs)
+    (inputs / "corrupt.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"garbage")
+    result = runner.invoke(app, ["detect", str(inputs), "--weights", str(out / "run"), "--out", str(tmp_path / "det"),
+                                 "--conf", "0.0001", "--no-progress"])
+    assert result.exit_code == 3, result.output
+    assert "corrupt.dcm" in result.output
+    det = tmp_path / "det"
+    n = len(list((phantom / "test").glob("*.dicom")))
+    detections = pd.read_csv(det / "detections.csv", dtype={"image_id": str})
+    submission = pd.read_csv(det / "submission.csv", dtype={"image_id": str})
+    assert len(submission) == n and len(list((det / "json").glob("*.json"))) == n
+    assert list(detections.columns) == ["image_id", "finding", "score", "x_min", "y_min", "x_max", "y_max"]
+    assert len(detections) > 0, "at conf 1e-4 even a 1-epoch detector proposes boxes"
+    for image_id, boxes in detections.groupby("image_id"):
+        record = json.loads((det / "json" / f"{image_id}.json").read_text())
+        assert (boxes["x_min"] >= 0).all() and (boxes["x_max"] <= record["width"]).all()
+        assert (boxes["y_min"] >= 0).all() and (boxes["y_max"] <= record["height"]).all()
+        assert len(record["detections"]) == len(boxes)
+        assert record["age_years"] is not None and record["sex"] in ("M", "F")
+    for row in submission.itertuples():
+        values = row.PredictionString.split()
+        assert len(values) % 6 == 0 and "14" in values[::6]  # every image carries a No finding score
+    skipped = pd.read_csv(det / "skipped.csv")
+    assert skipped["path"].str.endswith("corrupt.dcm").tolist() == [True]
+
+
+def test_detect_with_tta(run, phantom, tmp_path):
+    out, _ = run
+    detector = Detector.load(out / "run", device="cpu")
+    radiograph = read_radiograph(next((phantom / "test").glob("*.dicom")))
+    plain = detector.predict([radiograph], conf=0.0001)[0].boxes
+    merged = detector.predict([radiograph], conf=0.0001, tta=True)[0].boxes
+    assert len(plain) and len(merged)
+    assert (merged["x_max"] <= radiograph.width).all() and (merged["x_min"] >= 0).all()
+    assert not plain[["x_min", "score"]].reset_index(drop=True).equals(merged[["x_min", "score"]].reset_index(drop=True))
+
+
+def test_evaluate_detector_cli(run, tmp_path):
+    out, _ = run
+    detector_dir = tmp_path / "det"
+    test_images = out / "prepared" / "images" / "test"
+    result = runner.invoke(app, ["detect", str(test_images), "--weights", str(out / "run"), "--out", str(detector_dir),
+                                 "--conf", "0.001", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["evaluate", "detector", "--pred", str(detector_dir), "--truth", str(out / "prepared"),
+                                 "--split", "test", "--report", str(tmp_path / "report.md")])
+    assert result.exit_code == 0, result.output
+    assert "mAP@0.4" in result.output and "split 'test'" in result.output
+    assert "| Sensitivity |" in (tmp_path / "report.md").read_text()
+    result = runner.invoke(app, ["evaluate", "detector", "--pred", str(detector_dir / "submission.csv"),
+                                 "--truth", str(out / "prepared" / "boxes.csv")])
+    assert result.exit_code == 0, result.output
+
+
+def test_detect_missing_weights_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["detect", str(tmp_path), "--weights", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "nope" in result.output and "no detector weights" in result.output
