@@ -14,6 +14,7 @@ clipped to the image.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,6 +72,12 @@ def letterbox(pixels: np.ndarray, size: int, flip: bool = False) -> tuple[np.nda
     left, top = (size - new_w) // 2, (size - new_h) // 2
     canvas[top:top + new_h, left:left + new_w] = image8
     return canvas, new_w / width, (left, top)
+
+
+def decode_threads(on_cpu: bool) -> int:
+    """Threads that decode files ahead of the network: a third of the cores on the CPU, up to 8 for a GPU."""
+    cores = cpu_threads()
+    return max(1, cores // 3) if on_cpu else max(1, min(8, cores))
 
 
 class Detector:
@@ -149,12 +156,18 @@ class Detector:
         allow_modality: bool = False, on_error: Callable[[Path, HybridCXRError], None] | None = None,
         on_done: Callable[[int], None] | None = None,
     ) -> Iterator[Detection]:
-        """Read, letterbox and detect files in batches; decoding runs in threads ahead of the network.
+        """Read, letterbox and detect files in batches, decoding in threads ahead of the network.
 
-        A file that cannot be read is passed to ``on_error`` (else raised) and skipped; ``on_done(n)``
-        is called after every ``n`` files handled (for a progress bar).
+        At most two batches are decoded ahead, so memory stays flat however many files there are. On the
+        CPU the cores are shared: :func:`decode_threads` decode, the rest run the network (oversubscribed
+        OpenMP threads would spin against the decoders). A file that cannot be read is passed to
+        ``on_error`` (else raised) and skipped; ``on_done(n)`` is called as files are handled.
         """
+        import torch
+
         size = int(self.config["batch_predict"])
+        on_cpu = not self.device.startswith("cuda")
+        decoders = decode_threads(on_cpu)
 
         def load(path: Path) -> Prepared | HybridCXRError:
             try:
@@ -162,27 +175,45 @@ class Detector:
             except HybridCXRError as err:
                 return err
 
-        paths = [Path(p) for p in paths]
-        with ThreadPoolExecutor(max_workers=max(1, min(4, cpu_threads()))) as pool:
-            batch: list[Prepared] = []
-            for path, item in zip(paths, pool.map(load, paths)):
-                if isinstance(item, HybridCXRError):
-                    if on_error is None:
-                        raise item
-                    on_error(path, item)
-                    if on_done:
-                        on_done(1)
-                    continue
-                batch.append(item)
-                if len(batch) == size:
-                    yield from self.run(batch, conf=conf, tta=tta, features=features)
-                    if on_done:
-                        on_done(len(batch))
-                    batch = []
-            if batch:
-                yield from self.run(batch, conf=conf, tta=tta, features=features)
-                if on_done:
-                    on_done(len(batch))
+        threads = torch.get_num_threads()
+        if on_cpu:
+            torch.set_num_threads(max(1, cpu_threads() - decoders))
+        try:
+            with ThreadPoolExecutor(max_workers=decoders) as pool:
+                pending: deque = deque()
+                batch: list[Prepared] = []
+                for path in paths:
+                    pending.append((Path(path), pool.submit(load, Path(path))))
+                    if len(pending) >= 2 * size:
+                        yield from self._collect(pending.popleft(), batch, size, conf, tta, features, on_error, on_done)
+                while pending:
+                    yield from self._collect(pending.popleft(), batch, size, conf, tta, features, on_error, on_done)
+                if batch:
+                    yield from self._flush(batch, conf, tta, features, on_done)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _collect(self, item, batch, size, conf, tta, features, on_error, on_done) -> Iterator[Detection]:
+        """Add one decoded file to the batch (or report its error); run the batch when full."""
+        path, future = item
+        loaded = future.result()
+        if isinstance(loaded, HybridCXRError):
+            if on_error is None:
+                raise loaded
+            on_error(path, loaded)
+            if on_done:
+                on_done(1)
+            return
+        batch.append(loaded)
+        if len(batch) == size:
+            yield from self._flush(batch, conf, tta, features, on_done)
+
+    def _flush(self, batch, conf, tta, features, on_done) -> Iterator[Detection]:
+        results = self.run(batch, conf=conf, tta=tta, features=features)
+        if on_done:
+            on_done(len(batch))
+        batch.clear()
+        yield from results
 
     # -- helpers -------------------------------------------------------------------------------------
     def _to_original(self, det: np.ndarray, item: Prepared, flip: bool) -> np.ndarray:
@@ -211,7 +242,9 @@ class Detector:
         boxes, scores, labels = weighted_boxes_fusion(
             [a[:, :4] / norm, b[:, :4] / norm], [a[:, 4], b[:, 4]], [a[:, 5], b[:, 5]],
             iou_thr=float(self.config["tta_iou"]), skip_box_thr=conf)
-        merged = np.column_stack([boxes * norm, scores, labels]).astype(np.float32)
+        merged = np.column_stack([np.clip(boxes, 0.0, 1.0) * norm, scores, labels]).astype(np.float32)
+        merged[:, [0, 2]] = merged[:, [0, 2]].clip(0, radiograph.width)  # float32 rounding stays inside
+        merged[:, [1, 3]] = merged[:, [1, 3]].clip(0, radiograph.height)
         return merged[merged[:, 4] >= conf]
 
     def _frame(self, image_id: str, det: np.ndarray) -> pd.DataFrame:
