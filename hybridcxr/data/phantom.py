@@ -38,7 +38,7 @@ mass of radius >= 5% of the width. As in PhysioNet, the test label table names i
 Everything is deterministic for a given ``seed`` (image ids, UIDs, pixels, tables).
 
 >>> summary = make_phantom_dataset("/tmp/phantoms", n=20, size=(320, 288))  # doctest: +SKIP
->>> summary.n_train + summary.n_test
+>>> summary.n_train + summary.n_test  # doctest: +SKIP
 20
 """
 

@@ -184,3 +184,44 @@ def test_evaluate_detector_cli(run, tmp_path):
 def test_detect_missing_weights_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["detect", str(tmp_path), "--weights", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "nope" in result.output and "no detector weights" in result.output
+
+
+def test_detect_on_real_samples(run, shared_data, tmp_path):
+    """Every NIH PNG and every DICOM sample: outputs written, boxes inside the original image, CT refused."""
+    out, _ = run
+    corrupt = tmp_path / "corrupt.dcm"
+    corrupt.write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI")
+    inputs = [shared_data / "nih" / "images", shared_data / "dicom", corrupt]
+    det = tmp_path / "det"
+    result = runner.invoke(app, ["detect", *map(str, inputs), "--weights", str(out / "run"), "--out", str(det),
+                                 "--conf", "0.0001", "--no-progress"])
+    assert result.exit_code == 3, result.output
+    skipped = pd.read_csv(det / "skipped.csv").set_index("path")["reason"]
+    assert set(skipped.index) == {str(shared_data / "dicom" / "nih-udacity" / "test5.dcm"), str(corrupt)}
+    assert "Modality CT" in skipped[str(shared_data / "dicom" / "nih-udacity" / "test5.dcm")]
+    n_png = len(list((shared_data / "nih" / "images").glob("*.png")))
+    n_dicom = len(list((shared_data / "dicom").rglob("*.dcm"))) - 1  # all but the CT
+    records = {p.stem: json.loads(p.read_text()) for p in (det / "json").glob("*.json")}
+    assert len(records) == n_png + n_dicom
+    assert len(pd.read_csv(det / "submission.csv")) == n_png + n_dicom
+    detections = pd.read_csv(det / "detections.csv", dtype={"image_id": str})
+    assert detections["image_id"].nunique() > n_png // 2
+    size = pd.DataFrame.from_dict(records, orient="index")[["width", "height"]].loc[detections["image_id"]]
+    assert (detections["x_min"] >= 0).all() and (detections["y_min"] >= 0).all()
+    assert (detections["x_max"].to_numpy() <= size["width"].to_numpy()).all()
+    assert (detections["y_max"].to_numpy() <= size["height"].to_numpy()).all()
+    assert records["test1"]["age_years"] == 81.0 and records["00002578_000"]["width"] == 1024
+
+
+def test_detect_overlay_pictures(run, phantom, tmp_path):
+    out, _ = run
+    source = next((phantom / "test").glob("*.dicom"))
+    result = runner.invoke(app, ["detect", str(source), "--weights", str(out / "run"), "--out", str(tmp_path / "d"),
+                                 "--conf", "0.0001", "--overlay", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    picture = Image.open(tmp_path / "d" / "overlays" / f"{source.stem}.png")
+    radiograph = read_radiograph(source)
+    assert picture.width > radiograph.width  # image plus legend panel
+    assert picture.mode == "RGB"
