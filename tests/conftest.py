@@ -17,6 +17,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if home is not None:
         os.environ["HYBRIDCXR_HOME"] = str(home)
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("HYBRIDCXR_OFFLINE", "1")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
 

@@ -1,0 +1,342 @@
+"""CNN image embedding: torchvision's ResNet-18 or DenseNet-121 without its classifier, global-average pooled.
+
+Weights come from a local file (a torchvision ``state_dict`` saved with ``torch.save``, loaded with
+``weights_only=True`` so nothing is unpickled beyond tensors, or a ``.safetensors`` file), from torchvision's
+ImageNet weights when they are already in the torch hub cache (or can be downloaded), or nowhere: then the
+network keeps its random initialisation and one :class:`BackboneWeightsWarning` says how to supply weights.
+Nothing here waits on a network: with ``HYBRIDCXR_OFFLINE`` set no connection is tried,
+and otherwise one short probe (bounded by :data:`PROBE_TIMEOUT_S`) decides whether to try the download.
+
+Pixels are prepared in one place, :func:`to_backbone_input`: grey radiographs (float in [0, 1]) are
+letterboxed to a square, repeated to three channels and normalised with the ImageNet mean and std.
+
+>>> backbone = build_backbone("resnet18", weights=None)  # doctest: +SKIP
+>>> embed(backbone, [radiograph.pixels]).shape  # doctest: +SKIP
+(1, 512)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybridcxr.errors import InputError
+
+BackboneName = Literal["resnet18", "densenet121"]
+
+#: Embedding width of each supported backbone (the features its classifier layer would have read).
+EMBED_DIMS: dict[str, int] = {"resnet18": 512, "densenet121": 1024}
+#: torchvision's ImageNet weights of each backbone; the file name is what the torch hub cache stores.
+IMAGENET_URLS: dict[str, str] = {
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "densenet121": "https://download.pytorch.org/models/densenet121-a639ec97.pth",
+}
+#: The mean and std torchvision's ImageNet weights were trained with (RGB order).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: Environment variables that forbid any network access (ultralytics' own switch counts too).
+OFFLINE_ENV: tuple[str, ...] = ("HYBRIDCXR_OFFLINE",)  # not YOLO_OFFLINE: hybridcxr sets that one itself
+#: Seconds the connectivity probe may take, DNS look-up included, before the machine counts as offline.
+PROBE_TIMEOUT_S = 2.0
+DEFAULT_SIZE = 224
+
+# Classifier layers of the torchvision models: dropped from loaded state_dicts, replaced by nn.Identity.
+_CLASSIFIER = {"resnet18": "fc", "densenet121": "classifier"}
+# torchvision's DenseNet files use the old key names ("norm.1" for "norm1"); torchvision renames them the same way.
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
+
+
+class BackboneWeightsWarning(UserWarning):
+    """The backbone runs without pretrained weights (random initialisation): its embeddings mean little."""
+
+
+class Backbone(nn.Module):
+    """A torchvision CNN whose forward pass returns the pooled embedding ``(N, dim)`` instead of logits.
+
+    Build one with :func:`build_backbone`, which also loads weights; the constructor alone gives a randomly
+    initialised network without any warning.
+
+    Attributes:
+        name: ``"resnet18"`` or ``"densenet121"``.
+        dim: embedding width (512 or 1024).
+        weights_source: where the weights came from: a file path, ``"imagenet"`` or ``"random"``.
+        input_size: the square side :func:`embed` resizes images to.
+    """
+
+    def __init__(self, name: BackboneName = "resnet18", input_size: int = DEFAULT_SIZE) -> None:
+        super().__init__()
+        _check_name(name)
+        import torchvision.models as tvm
+
+        body = tvm.resnet18(weights=None) if name == "resnet18" else tvm.densenet121(weights=None)
+        setattr(body, _CLASSIFIER[name], nn.Identity())
+        self.body = body
+        self.name: str = name
+        self.dim: int = EMBED_DIMS[name]
+        self.weights_source: str = "random"
+        self.input_size = int(input_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed a batch ``(N, 3, H, W)`` prepared by :func:`to_backbone_input` into ``(N, dim)``."""
+        return self.body(x)
+
+    def fingerprint(self) -> str:
+        """A short sha256 (16 hex digits) of every state_dict tensor's bytes, the architecture and input size.
+
+        A feature cache stores it beside the embeddings and recomputes them when it changes (other weights,
+        fine-tuning, another ``input_size``), so stale features are never mixed with a new model's. Passing
+        ``size=`` to :func:`embed` bypasses ``input_size``: a cache doing that must key on the size itself.
+        """
+        digest = hashlib.sha256(f"{self.name}|{self.input_size}|".encode())
+        for key, tensor in self.state_dict().items():
+            t = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def load_weights(self, state_dict: Mapping[str, torch.Tensor], source: str | Path) -> None:
+        """Load a torchvision-style state_dict (classifier keys ignored) strictly; InputError naming ``source``."""
+        cleaned: dict[str, torch.Tensor] = {}
+        for key, value in state_dict.items():
+            if not isinstance(value, torch.Tensor):
+                raise InputError(source, f"entry {key!r} is not a tensor: not a state_dict")
+            for prefix in ("module.", "body."):
+                key = key.removeprefix(prefix)
+            if key.split(".", 1)[0] == _CLASSIFIER[self.name]:
+                continue
+            if self.name == "densenet121":
+                key = _DENSENET_OLD_KEY.sub(r"\1\2", key)
+            cleaned[key] = value
+        own = self.body.state_dict()
+        for key in set(own) - set(cleaned):
+            if key.endswith("num_batches_tracked"):  # absent from torchvision's older files; unused in eval
+                cleaned[key] = own[key]
+        missing = sorted(set(own) - set(cleaned))
+        unexpected = sorted(set(cleaned) - set(own))
+        wrong = sorted(k for k in set(own) & set(cleaned) if own[k].shape != cleaned[k].shape)
+        if missing or unexpected or wrong:
+            parts = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+                     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+                     if keys]
+            raise InputError(source, f"not {self.name} weights; {'; '.join(parts)}")
+        self.body.load_state_dict(cleaned, strict=True)
+        self.weights_source = str(source)
+
+
+def build_backbone(name: BackboneName = "resnet18", weights: str | Path | None = None,
+                   input_size: int = DEFAULT_SIZE) -> Backbone:
+    """Build a backbone and load its weights, never waiting on the network.
+
+    Args:
+        name: ``"resnet18"`` (512-d embedding) or ``"densenet121"`` (1024-d).
+        weights: a local ``state_dict`` file (``.pth``/``.pt``, loaded with ``weights_only=True``) or
+            ``.safetensors`` file; ``"imagenet"`` for torchvision's ImageNet weights (from the torch hub
+            cache, or downloaded when online and not forbidden by ``HYBRIDCXR_OFFLINE``);
+            ``None`` for random initialisation. Without weights one :class:`BackboneWeightsWarning` is issued.
+        input_size: the square side images are resized to before embedding.
+
+    Returns:
+        The backbone in eval mode on the CPU.
+
+    Raises:
+        ValueError: for an unknown ``name``.
+        InputError: for a weights file that is missing, unreadable or of another architecture.
+    """
+    _check_name(name)
+    backbone = Backbone(name, input_size=input_size)
+    if weights is None:
+        _warn_random(name, "no weights were given")
+    elif isinstance(weights, str) and weights.lower() == "imagenet":
+        state, why = _imagenet_state_dict(name)
+        if state is None:
+            _warn_random(name, why)
+        else:
+            backbone.load_weights(state, source=_imagenet_cache_file(name))
+            backbone.weights_source = "imagenet"
+    else:
+        backbone.load_weights(_read_state_dict(Path(weights)), source=weights)
+    return backbone.eval()
+
+
+def to_backbone_input(pixels: np.ndarray | torch.Tensor, size: int = DEFAULT_SIZE) -> torch.Tensor:
+    """Turn grey radiograph pixels into a normalised three-channel batch ``(N, 3, size, size)``.
+
+    Each image is scaled (bilinear, antialiased) so that its longer side is ``size`` and centred on a square
+    of zeros (letterbox). Letterboxing rather than a plain resize keeps the anatomy's proportions: a
+    squashed or stretched chest changes the cardiothoracic ratio the model should read cardiomegaly from,
+    and portrait and landscape films would otherwise be distorted differently. The zero padding is black,
+    like the air and collimation around a radiograph. The grey channel is then repeated three times and
+    normalised with :data:`IMAGENET_MEAN`/:data:`IMAGENET_STD`: channel ``c`` holds
+    ``(pixel - IMAGENET_MEAN[c]) / IMAGENET_STD[c]``.
+
+    Args:
+        pixels: float pixels in [0, 1], shaped ``(H, W)``, ``(N, H, W)`` or ``(N, 1, H, W)``; numpy or torch.
+        size: side of the square output.
+
+    Returns:
+        A float32 tensor ``(N, 3, size, size)`` on the input's device (CPU for numpy input).
+
+    Raises:
+        ValueError: for another shape, integer pixels, values outside [0, 1] or NaN.
+    """
+    if isinstance(pixels, np.ndarray):
+        array = np.ascontiguousarray(pixels)
+        x = torch.from_numpy(array if array.flags.writeable else array.copy())
+    else:
+        x = pixels
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"pixels must be a numpy array or a torch tensor, not {type(pixels).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"pixels must be float in [0, 1], got dtype {x.dtype} (scale integer images first)")
+    if x.ndim == 2:
+        x = x[None, None]
+    elif x.ndim == 3 and x.shape[-1] in (3, 4) and min(x.shape[:2]) > 4:
+        raise ValueError(f"pixels of shape {tuple(x.shape)} look like an RGB(A) image; pass grey (H, W) pixels")
+    elif x.ndim == 3:
+        x = x[:, None]
+    elif not (x.ndim == 4 and x.shape[1] == 1):
+        raise ValueError(f"pixels must be (H, W), (N, H, W) or (N, 1, H, W) grey images, got {tuple(x.shape)}")
+    n, _, h, w = x.shape
+    if n == 0 or h == 0 or w == 0:
+        raise ValueError(f"pixels must not be empty, got {tuple(x.shape)}")
+    x = x.float()
+    lo, hi = float(x.min()), float(x.max())
+    if not (lo >= -1e-3 and hi <= 1 + 1e-3):  # also catches NaN
+        raise ValueError(f"pixels must be in [0, 1], got values from {lo} to {hi}")
+    scale = size / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    if (new_h, new_w) != (h, w):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    x = x.clamp(0.0, 1.0)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    x = F.pad(x, (left, size - new_w - left, top, size - new_h - top), value=0.0)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x.expand(-1, 3, -1, -1) - mean) / std
+
+
+def embed(backbone: Backbone, images: Sequence[np.ndarray | torch.Tensor], batch_size: int = 32,
+          device: str | torch.device | None = None, size: int | None = None) -> np.ndarray:
+    """Embed grey images (each ``(H, W)`` float in [0, 1], any size) into an ``(N, dim)`` float32 array.
+
+    Runs in eval mode under ``torch.inference_mode()``; the backbone's training mode is restored afterwards.
+
+    Args:
+        backbone: from :func:`build_backbone`.
+        images: grey radiograph pixels; sizes may differ (each is letterboxed on its own).
+        batch_size: images per forward pass.
+        device: where to run; default: where the backbone's parameters are.
+        size: square input side; default ``backbone.input_size``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = torch.device(device) if device is not None else next(backbone.parameters()).device
+    size = size or backbone.input_size
+    out = np.empty((len(images), backbone.dim), dtype=np.float32)
+    was_training = backbone.training
+    backbone.to(device).eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                chunk = images[start:start + batch_size]
+                batch = torch.cat([to_backbone_input(image, size) for image in chunk]).to(device)
+                out[start:start + len(chunk)] = backbone(batch).float().cpu().numpy()
+    finally:
+        backbone.train(was_training)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ weights
+
+
+def _check_name(name: str) -> None:
+    if name not in EMBED_DIMS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(EMBED_DIMS)}")
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a local weights file, without unpickling anything but tensors."""
+    if not path.is_file():
+        raise InputError(path, "no such weights file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every reader failure means the same to the user
+        raise InputError(path, f"cannot read weights ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                               "expected a torchvision state_dict (torch.save) or a .safetensors file") from err
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise InputError(path, f"holds a {type(state).__name__}, not a state_dict")
+    return dict(state)
+
+
+def _imagenet_cache_file(name: str) -> Path:
+    """Where ``torch.hub.load_state_dict_from_url`` keeps (or would keep) the ImageNet weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_URLS[name].rsplit("/", 1)[-1]
+
+
+def _imagenet_state_dict(name: str) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """The ImageNet state_dict from the hub cache or a download; (None, why) where neither works."""
+    cached = _imagenet_cache_file(name)
+    if cached.is_file():
+        return _read_state_dict(cached), ""
+    offline = [var for var in OFFLINE_ENV if os.environ.get(var, "").strip().lower() not in ("", "0", "false")]
+    if offline:
+        return None, f"ImageNet weights are not in the torch hub cache ({cached}) and {offline[0]} is set"
+    host = IMAGENET_URLS[name].split("/")[2]
+    if not _can_reach(host):
+        return None, f"ImageNet weights are not in the torch hub cache ({cached}) and {host} cannot be reached"
+    try:
+        state = torch.hub.load_state_dict_from_url(IMAGENET_URLS[name], map_location="cpu", progress=False,
+                                                   check_hash=True, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a failed download falls back like an offline machine
+        return None, f"downloading ImageNet weights failed ({type(err).__name__}: {err})"
+    return dict(state), ""
+
+
+def _can_reach(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``host`` opens within ``timeout`` seconds, DNS look-up included.
+
+    The probe runs in a daemon thread because ``getaddrinfo`` ignores socket timeouts and can block far
+    longer on a machine without a resolver; the caller never waits more than ``timeout``.
+    """
+    reached: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                reached.append(True)
+        except BaseException:  # noqa: BLE001 - any failure means "offline"; nothing may escape the thread
+            pass
+
+    thread = threading.Thread(target=probe, name="hybridcxr-net-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(reached)
+
+
+def _warn_random(name: str, why: str) -> None:
+    cache = _imagenet_cache_file(name)
+    warnings.warn(BackboneWeightsWarning(
+        f"{name}: using randomly initialised weights because {why}; its embeddings carry little information. "
+        f"Supply weights with weights='/path/to/{cache.name}' (a torchvision state_dict or a .safetensors "
+        f"file), or copy {IMAGENET_URLS[name]} to {cache} and pass weights='imagenet'."
+    ), stacklevel=3)
