@@ -30,11 +30,10 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Fail the test on any socket connection outside loopback (and on DNS look-ups of other hosts).
+def forbid_network(mp: pytest.MonkeyPatch) -> list[str]:
+    """Make every socket connection outside loopback (and DNS look-ups of other hosts) fail, and record it.
 
-    Yields the list of attempts; the patch is inherited by processes forked during the test.
+    Returns the list of attempts; the patch is inherited by processes forked while it holds.
     """
     import ipaddress
     import socket
@@ -66,8 +65,38 @@ def no_network(monkeypatch):
             raise socket.gaierror(f"network access attempted during a test: resolve {host}")
         return original_getaddrinfo(host, *args, **kwargs)
 
-    monkeypatch.setattr(socket.socket, "connect", guard(socket.socket.connect))
-    monkeypatch.setattr(socket.socket, "connect_ex", guard(socket.socket.connect_ex))
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    mp.setattr(socket.socket, "connect", guard(socket.socket.connect))
+    mp.setattr(socket.socket, "connect_ex", guard(socket.socket.connect_ex))
+    mp.setattr(socket, "getaddrinfo", getaddrinfo)
+    return attempts
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail the test on any socket connection outside loopback (see :func:`forbid_network`)."""
+    attempts = forbid_network(monkeypatch)
     yield attempts
     assert not attempts, f"network access attempted: {attempts}"
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(tmp_path_factory):
+    """Phantom DICOMs, their prepared dataset and a detector trained on them for 1 epoch at 128 px, made once
+    per test session with every non-loopback connection forbidden. Returns ``(phantom, folder, DetectorRun)``;
+    ``folder`` holds ``prepared/`` and ``run/``.
+    """
+    from hybridcxr.data.phantom import make_phantom_dataset
+    from hybridcxr.data.prepare import PrepareOptions, prepare
+    from hybridcxr.data.sources import load_source
+    from hybridcxr.detect.train import detector_config, train_detector
+
+    phantom = tmp_path_factory.mktemp("phantom")
+    make_phantom_dataset(phantom, n=24, seed=5)
+    out = tmp_path_factory.mktemp("det")
+    prepare(load_source("vindr-cxr", phantom), out / "prepared", PrepareOptions(size=160, workers=0, progress=False))
+    with pytest.MonkeyPatch.context() as mp:
+        attempts = forbid_network(mp)
+        result = train_detector(out / "prepared", out / "run",
+                                detector_config({"epochs": 1, "imgsz": 128, "batch": 8, "workers": 0}))
+    assert not attempts, f"training tried the network: {attempts}"
+    return phantom, out, result

@@ -4,8 +4,8 @@ Call :func:`setup_ultralytics` before the first ``import ultralytics`` (all of h
 :func:`import_ultralytics`). It
 
 - points ``YOLO_CONFIG_DIR`` at a folder of ours (``$HYBRIDCXR_HOME/ultralytics``, default
-  ``~/.cache/hybridcxr``) holding matplotlib's DejaVuSans as ``Arial.ttf``/``Arial.Unicode.ttf``, since
-  ultralytics downloads those fonts otherwise;
+  ``~/.cache/hybridcxr``) and puts matplotlib's DejaVuSans in its ``Ultralytics/`` subfolder as ``Arial.ttf``
+  and ``Arial.Unicode.ttf``, since ultralytics downloads those fonts otherwise;
 - sets ``YOLO_OFFLINE=1`` (no DNS look-ups or download attempts) unless the user set it, and
   ``NO_ALBUMENTATIONS_UPDATE=1`` (no version check);
 - keeps all CPU cores: ultralytics sets ``OMP_NUM_THREADS=1`` at import and ``torch.set_num_threads`` to
@@ -43,12 +43,13 @@ def setup_ultralytics() -> None:
     config_dir = Path(os.environ.get("YOLO_CONFIG_DIR") or hybridcxr_home() / "ultralytics")
     config_dir.mkdir(parents=True, exist_ok=True)
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
-    _install_fonts(config_dir)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads()))
     import ultralytics.utils.torch_utils as torch_utils
-    from ultralytics.utils import SETTINGS
+    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+
+    _install_fonts(Path(USER_CONFIG_DIR))  # YOLO_CONFIG_DIR/Ultralytics: where check_font looks first
 
     torch_utils.NUM_THREADS = cpu_threads()
     if SETTINGS.get("sync"):

@@ -17,9 +17,6 @@ import torch
 from typer.testing import CliRunner
 
 from hybridcxr.cli import app
-from hybridcxr.data.phantom import make_phantom_dataset
-from hybridcxr.data.prepare import PrepareOptions, prepare
-from hybridcxr.data.sources import load_source
 from hybridcxr.detect.predict import Detector, Prepared, letterbox
 from hybridcxr.detect.train import detector_config, train_detector
 from hybridcxr.io import Radiograph, RadiographMeta, read_radiograph
@@ -28,38 +25,14 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("phantom")
-    make_phantom_dataset(root, n=24, seed=5)
-    return root
+def phantom(tiny_detector) -> Path:
+    return tiny_detector[0]
 
 
 @pytest.fixture(scope="module")
-def run(phantom, tmp_path_factory):
-    out = tmp_path_factory.mktemp("det")
-    prepare(load_source("vindr-cxr", phantom), out / "prepared", PrepareOptions(size=160, workers=0, progress=False))
-    with pytest.MonkeyPatch.context() as mp:
-        attempts = _forbid_network(mp)
-        result = train_detector(out / "prepared", out / "run",
-                                detector_config({"epochs": 1, "imgsz": 128, "batch": 8, "workers": 0}))
-    assert not attempts, f"training tried the network: {attempts}"
+def run(tiny_detector):
+    _, out, result = tiny_detector
     return out, result
-
-
-def _forbid_network(mp: pytest.MonkeyPatch) -> list[str]:
-    import socket
-
-    attempts: list[str] = []
-    original = socket.socket.connect
-
-    def connect(self, address, *args, **kwargs):
-        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1", "localhost"):
-            attempts.append(str(address))
-            raise OSError("network")
-        return original(self, address, *args, **kwargs)
-
-    mp.setattr(socket.socket, "connect", connect)
-    return attempts
 
 
 def test_training_leaves_weights_card_and_curves(run):
