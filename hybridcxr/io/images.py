@@ -39,7 +39,15 @@ def read_image(path: PathType) -> Radiograph:
 
 
 def decode_image(path: PathType) -> np.ndarray:
-    """A PNG/JPEG as a 2-D float32 array in [0, 1] (see the module docstring for scaling and colour)."""
+    """A PNG/JPEG as a 2-D float32 array in [0, 1] (see the module docstring for scaling and colour).
+
+    PNGs decode through OpenCV's libpng (about twice as fast as Pillow for a 1024 px radiograph; a damaged
+    file makes it fail, never return part of an image); JPEGs and anything OpenCV declines go through
+    Pillow, whose errors name truncated and corrupt files.
+    """
+    fast = _decode_png_cv2(path)
+    if fast is not None:
+        return fast
     try:
         with Image.open(path, formats=_FORMATS) as im:
             im.load()
@@ -72,3 +80,21 @@ def _scaled(arr: np.ndarray, top: float) -> np.ndarray:
     if arr.dtype.itemsize > 2:  # 32-bit "I" data may exceed 16 bits
         np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+def _decode_png_cv2(path: PathType) -> np.ndarray | None:
+    """A PNG through OpenCV (8/16-bit, grey or colour, alpha dropped, ITU-R 601 luma); None if not a clean PNG."""
+    import cv2
+
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n") or not data.rstrip(b"\x00").endswith(b"IEND\xaeB`\x82"):
+        return None  # not a PNG, or cut short: Pillow reports why
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # UNCHANGED: no EXIF rotation
+    if image is None or image.dtype not in (np.uint8, np.uint16):
+        return None
+    if image.ndim == 3 and image.shape[2] == 2:  # grey + alpha
+        image = image[..., 0]
+    elif image.ndim == 3:
+        image = cv2.cvtColor(image[..., :3] if image.shape[2] == 4 else image, cv2.COLOR_BGR2GRAY)
+    return _scaled(image, 255.0 if image.dtype == np.uint8 else 65535.0)

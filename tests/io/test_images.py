@@ -152,3 +152,22 @@ def test_other_image_format_is_refused(tmp_path: Path) -> None:
 def test_missing_file_is_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_radiograph(tmp_path / "absent.png")
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P", "I;16", "1"])
+def test_fast_png_decode_matches_pillow(tmp_path: Path, mode: str) -> None:
+    """OpenCV's PNG path gives Pillow's grey values to within one 8-bit level (rounding of the luma sum)."""
+    from hybridcxr.io.images import _decode_png_cv2, to_grey_float
+
+    rng = np.random.default_rng(1)
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65535, (20, 30), dtype=np.uint16))
+    else:
+        image = Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).convert(mode)
+    path = tmp_path / "x.png"
+    image.save(path)
+    fast = _decode_png_cv2(path)
+    assert fast is not None and fast.dtype == np.float32
+    with Image.open(path) as reference:
+        reference.load()
+        np.testing.assert_allclose(fast, to_grey_float(reference), atol=1 / 255 + 1e-6)
