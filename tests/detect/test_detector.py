@@ -198,3 +198,32 @@ def test_detect_overlay_pictures(run, phantom, tmp_path):
     radiograph = read_radiograph(source)
     assert picture.width > radiograph.width  # image plus legend panel
     assert picture.mode == "RGB"
+
+
+def test_killed_training_resumes_from_last_checkpoint(run, tmp_path):
+    """SIGKILL after the first epoch; the same command again finishes the run from weights/last.pt."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, _ = run
+    target = tmp_path / "resumable"
+    cmd = [sys.executable, "-m", "hybridcxr.cli", "train", "detector", "--data", str(out / "prepared"),
+           "--out", str(target), "--epochs", "3", "--imgsz", "96", "batch=8", "workers=0", "close_mosaic=0"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        results = target / "results.csv"
+        if (target / "weights" / "last.pt").is_file() and results.is_file() and len(results.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (target / "weights" / "best.json").exists(), "the run should have been killed before finishing"
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(resumed)" in done.stdout
+    card = json.loads((target / "weights" / "best.json").read_text())
+    assert card["epochs_trained"] == 3
