@@ -25,10 +25,10 @@ shift || true
 case "$cmd" in
   demo)
     out=${1:-demo-out}
-    "$VENV/bin/hybridcxr" demo-data "$out/phantom" --n 120
+    "$VENV/bin/hybridcxr" demo-data "$out/phantom" --n 240
     "$VENV/bin/hybridcxr" prepare vindr-cxr --root "$out/phantom" --out "$out/prepared" --size 320
     [ -f "$out/detector/weights/best.json" ] ||
-      "$VENV/bin/hybridcxr" train detector --data "$out/prepared" --out "$out/detector" --epochs 15 --imgsz 320
+      "$VENV/bin/hybridcxr" train detector --data "$out/prepared" --out "$out/detector" --epochs 30 --imgsz 256
     "$VENV/bin/hybridcxr" detect "$out/phantom/test" --weights "$out/detector" --out "$out/detect" --conf 0.001 --overlay
     "$VENV/bin/hybridcxr" evaluate detector --pred "$out/detect" --truth "$out/prepared" --split test
     ;;
