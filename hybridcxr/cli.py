@@ -132,7 +132,7 @@ def demo_data(
     out.print(f"Prepare them with: hybridcxr prepare vindr-cxr --root {out_dir} --out <PREPARED>", highlight=False)
 
 
-train_app = typer.Typer(help="Train a model: the detector (classifier and tuning to follow).", no_args_is_help=True)
+train_app = typer.Typer(help="Train a model: the detector or the fusion classifier.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Score predictions against ground truth, the way the field reports them.",
                            no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -160,6 +160,66 @@ def train_detector_cmd(
     except HybridCXRError as err:
         _fail(err)
     out.print(str(run), highlight=False)
+
+
+@train_app.command("classifier")
+def train_classifier_cmd(
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder (from `hybridcxr prepare`).")],
+    detector: Annotated[Path, typer.Option(help="Detector run folder or its .safetensors weights.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder (self-contained: holds the detector and CNN too).")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value settings of configs/classifier.yaml, e.g. lr=3e-4 groups=[cnn,age,sex].")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train the fusion classifier (detector features + ResNet-18 + age/sex) with weighted BCE."""
+    from hybridcxr.classify.train import classifier_config, train_classifier
+    from hybridcxr.config import parse_overrides
+    from hybridcxr.errors import HybridCXRError
+
+    try:
+        config = classifier_config(parse_overrides(overrides or []))
+        card = train_classifier(data, detector, out_dir, config, progress=progress and sys.stderr.isatty())
+    except HybridCXRError as err:
+        _fail(err)
+    out.print(f"Classifier trained: validation macro AUROC {card['val_macro_auroc']:.4f} at epoch "
+              f"{card['best_epoch']}; run folder {out_dir}", highlight=False)
+
+
+@app.command()
+def classify(
+    inputs: Annotated[list[Path], typer.Argument(help="DICOM/PNG/JPEG files or folders (searched recursively).")],
+    model: Annotated[Path, typer.Option(help="Classifier run folder (from `hybridcxr train classifier`).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    age: Annotated[str | None, typer.Option(help="Patient age for every input (e.g. 62 or 062Y); default: the DICOM header.")] = None,
+    sex: Annotated[str | None, typer.Option(help="Patient sex for every input (M or F); default: the DICOM header.")] = None,
+    demographics: Annotated[Path | None, typer.Option(help="CSV with image_id, age, sex per image (overrides headers).")] = None,
+    overlay: Annotated[bool, typer.Option(help="Write box-overlay PNGs with the probabilities.")] = False,
+    allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Probability and decision per finding: predictions.csv (+ JSON and overlays), one decode per image."""
+    from hybridcxr.errors import HybridCXRError
+    from hybridcxr.io.demographics import parse_age, parse_sex
+    from hybridcxr.pipeline import Analyzer, classify_files, collect_inputs, read_demographics
+
+    if demographics is not None and (age is not None or sex is not None):
+        raise typer.BadParameter("give either --demographics or --age/--sex, not both")
+    try:
+        table = read_demographics(demographics) if demographics is not None else None
+        if age is not None or sex is not None:
+            given_age = parse_age(age, source="--age") if age is not None else None
+            given_sex = parse_sex(sex) if sex is not None else None
+            if sex is not None and given_sex is None:
+                raise typer.BadParameter(f"--sex must be M or F, not {sex!r}")
+            table = {p.stem: (given_age, given_sex) for p in collect_inputs(inputs)}
+        analyzer = Analyzer(model, device=device)
+        result = classify_files(inputs, analyzer, out_dir, demographics=table, overlay=overlay,
+                                allow_modality=allow_modality, progress=progress and sys.stderr.isatty())
+    except HybridCXRError as err:
+        _fail(err)
+    out.print(str(result), highlight=False)
+    if result.skipped:
+        raise typer.Exit(EXIT_SKIPPED)
 
 
 @app.command()
@@ -213,6 +273,28 @@ def evaluate_detector_cmd(
     out.print(str(result), highlight=False)
     if report is not None:
         write_text(report, result.to_markdown() + "\n")
+
+
+@evaluate_app.command("classifier")
+def evaluate_classifier_cmd(
+    model: Annotated[Path, typer.Option(help="Classifier run folder.")],
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    split: Annotated[str, typer.Option(help="Split to score (never the one thresholds were chosen on).")] = "test",
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Report folder [RUN/report-SPLIT].")] = None,
+    ablation: Annotated[bool, typer.Option(help="Retrain the head without demographics / detector / CNN features.")] = True,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% confidence intervals.")] = 1000,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Per-finding AUROC with bootstrap CIs, F1 at the stored thresholds, ROC/PR plots, subgroups, ablations."""
+    from hybridcxr.classify.evaluate import evaluate_classifier
+    from hybridcxr.errors import HybridCXRError
+
+    try:
+        report = evaluate_classifier(model, data, split=split, out=out_dir, ablation=ablation, n_boot=n_boot,
+                                     progress=progress and sys.stderr.isatty())
+    except HybridCXRError as err:
+        _fail(err)
+    out.print(f"Report: {report}", highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

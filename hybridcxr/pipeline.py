@@ -12,10 +12,11 @@ Every file is written under a temporary name and renamed. A bad file never stops
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from hybridcxr.detect.metrics import add_no_finding, to_submission
@@ -120,6 +121,156 @@ def detect_files(
     result.outputs["detections"] = write_csv(out / "detections.csv", detections)
     submission = to_submission(add_no_finding(detections, ids), ids, detector.findings)
     result.outputs["submission"] = write_csv(out / "submission.csv", submission)
+    result.outputs["per-image JSON"] = out / "json"
+    if overlay:
+        result.outputs["overlays"] = out / "overlays"
+    write_csv(out / "skipped.csv", pd.DataFrame(result.skipped, columns=["path", "reason"]))
+    return result
+
+
+# -- detect + classify --------------------------------------------------------------------------------------
+@dataclass
+class Analysis:
+    """Everything the product says about one radiograph."""
+
+    detection: Detection
+    probabilities: dict[str, float]
+    decisions: dict[str, bool]
+    age_years: float | None
+    sex: str | None
+
+    @property
+    def image_id(self) -> str:
+        return self.detection.radiograph.image_id
+
+
+class Analyzer:
+    """The detector, the CNN and the fusion head of a classifier run, loaded once; one decode per image.
+
+    The CLI (``classify``) and the service call this same object, so they can never disagree.
+    """
+
+    def __init__(self, run: str | Path, device: str | None = None) -> None:
+        from hybridcxr.classify.backbone import build_backbone
+        from hybridcxr.classify.fusion import load_checkpoint
+
+        run = Path(run)
+        if not (run / "model" / "card.json").is_file():
+            raise InputError(run, "not a classifier run folder (no model/card.json); make one with "
+                                  "`hybridcxr train classifier`")
+        self.head, self.config, self.card = load_checkpoint(run / "model")
+        self.detector = Detector.load(run / "detector", device=device)
+        info = self.card["backbone"]
+        self.backbone = build_backbone(info["name"], run / "backbone.safetensors", input_size=int(info["size"]))
+        self.backbone = self.backbone.to(self.detector.device).eval()
+        if self.backbone.fingerprint() != info["fingerprint"]:
+            raise InputError(run / "backbone.safetensors", "the CNN weights differ from those the head was trained on")
+        self.findings: list[str] = list(self.config.findings)
+        self.thresholds: dict[str, float] = {f: float(self.card["thresholds"].get(f, 0.5)) for f in self.findings}
+
+    def analyze(self, detections: Sequence[Detection], ages: Sequence[float | None] | None = None,
+                sexes: Sequence[str | None] | None = None) -> list[Analysis]:
+        """Classify detected radiographs (with their pooled features); demographics from the headers unless given."""
+        from hybridcxr.classify.backbone import embed
+        from hybridcxr.classify.fusion import assemble_inputs
+
+        if not detections:
+            return []
+        metas = [d.radiograph.meta for d in detections]
+        ages = [m.age_years for m in metas] if ages is None else list(ages)
+        sexes = [m.sex for m in metas] if sexes is None else list(sexes)
+        cnn = embed(self.backbone, [d.radiograph.pixels for d in detections], device=self.detector.device)
+        yolo = np.stack([d.features for d in detections])
+        inputs = assemble_inputs(self.config, yolo=yolo if "yolo" in self.config.groups else None,
+                                 cnn=cnn if "cnn" in self.config.groups else None,
+                                 age_years=[np.nan if a is None else a for a in ages], sex=sexes)
+        import torch
+
+        with torch.inference_mode():
+            probs = torch.sigmoid(self.head(inputs)).numpy()
+        out = []
+        for d, p, age, sex in zip(detections, probs, ages, sexes):
+            scores = {f: float(v) for f, v in zip(self.findings, p)}
+            out.append(Analysis(d, scores, {f: scores[f] >= self.thresholds[f] for f in self.findings}, age, sex))
+        return out
+
+    def analyze_paths(self, paths: Sequence[Path], *, demographics: Mapping[str, tuple[float | None, str | None]] | None = None,
+                      on_error=None, on_done=None, allow_modality: bool = False) -> Iterator[Analysis]:
+        """Read, detect and classify files in batches; ``demographics`` (by image_id) overrides the headers."""
+        size = int(self.detector.config["batch_predict"])
+        batch: list[Detection] = []
+
+        def flush() -> list[Analysis]:
+            ages = sexes = None
+            if demographics is not None:
+                given = [demographics.get(d.radiograph.image_id) for d in batch]
+                ages = [g[0] if g else d.radiograph.meta.age_years for g, d in zip(given, batch)]
+                sexes = [g[1] if g else d.radiograph.meta.sex for g, d in zip(given, batch)]
+            done = self.analyze(batch, ages, sexes)
+            batch.clear()
+            return done
+
+        for detection in self.detector.predict_paths(paths, features=True, on_error=on_error, on_done=on_done,
+                                                     allow_modality=allow_modality):
+            batch.append(detection)
+            if len(batch) == size:
+                yield from flush()
+        if batch:
+            yield from flush()
+
+
+def read_demographics(path: str | Path) -> dict[str, tuple[float | None, str | None]]:
+    """A CSV with ``image_id`` and ``age`` (or ``age_years``; ``081Y``, ``62``...) and ``sex`` columns."""
+    from hybridcxr.io.demographics import parse_age, parse_sex
+
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"unreadable demographics table ({err})") from None
+    age_col = next((c for c in ("age_years", "age", "PatientAge") if c in table.columns), None)
+    sex_col = next((c for c in ("sex", "PatientSex") if c in table.columns), None)
+    if "image_id" not in table.columns or (age_col is None and sex_col is None):
+        raise InputError(path, "a demographics table needs image_id and age and/or sex columns")
+    return {row["image_id"]: (parse_age(row[age_col], source=str(path)) if age_col else None,
+                              parse_sex(row[sex_col]) if sex_col else None)
+            for row in table.to_dict("records")}
+
+
+def classify_files(
+    inputs: Sequence[str | Path], analyzer: Analyzer, out: str | Path, *,
+    demographics: Mapping[str, tuple[float | None, str | None]] | None = None, overlay: bool = False,
+    allow_modality: bool = False, progress: bool = True,
+) -> BatchResult:
+    """Detect and classify every readable file: predictions.csv, one JSON per image, skipped.csv (+ overlays)."""
+    out = Path(out)
+    paths = collect_inputs(inputs)
+    result = BatchResult(out)
+    rows: list[dict] = []
+
+    def skip(path: Path, err: Exception) -> None:
+        result.skipped.append((str(path), getattr(err, "problem", str(err))))
+
+    findings = analyzer.findings
+    with progress_bar(len(paths), "classifying", progress) as advance:
+        for a in analyzer.analyze_paths(paths, demographics=demographics, on_error=skip, on_done=advance,
+                                        allow_modality=allow_modality):
+            rows.append({"image_id": a.image_id, "age_years": a.age_years, "sex": a.sex, **a.probabilities,
+                         **{f"{f} positive": int(a.decisions[f]) for f in findings}})
+            record = detection_record(a.detection, analyzer.detector.card)
+            record |= {"age_years": a.age_years, "sex": a.sex,
+                       "findings": [{"finding": f, "probability": round(a.probabilities[f], 5),
+                                     "positive": a.decisions[f], "threshold": analyzer.thresholds[f]} for f in findings]}
+            write_json(out / "json" / f"{a.image_id}.json", record)
+            if overlay:
+                from hybridcxr.viz.overlay import save_overlay
+
+                save_overlay(out / "overlays" / f"{a.image_id}.png", a.detection.radiograph,
+                             predictions=a.detection.boxes, probabilities=a.probabilities, decisions=a.decisions,
+                             findings=findings, title=a.image_id)
+    result.done = len(rows)
+    columns = ["image_id", "age_years", "sex", *findings, *(f"{f} positive" for f in findings)]
+    result.outputs["predictions"] = write_csv(out / "predictions.csv", pd.DataFrame(rows, columns=columns))
     result.outputs["per-image JSON"] = out / "json"
     if overlay:
         result.outputs["overlays"] = out / "overlays"

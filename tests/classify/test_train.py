@@ -1,0 +1,160 @@
+"""The fusion classifier end to end on phantoms: feature cache, training with resume, the run folder, classify."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from typer.testing import CliRunner
+
+from hybridcxr.classify.cache import FeatureCache, StaleCacheError
+from hybridcxr.classify.train import (
+    SplitData,
+    classifier_config,
+    dataset_findings,
+    load_split_data,
+    train_classifier,
+    train_head,
+)
+from hybridcxr.cli import app
+
+runner = CliRunner()
+FAST = {"epochs": 8, "patience": 8, "backbone_size": 64, "hidden": [32]}
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_detector, tmp_path_factory):
+    _, folder, _ = tiny_detector
+    out = tmp_path_factory.mktemp("cls") / "run"
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        card = train_classifier(folder / "prepared", folder / "run", out, classifier_config(FAST), progress=False)
+    return folder, out, card
+
+
+def test_run_folder_is_self_contained(classifier):
+    folder, out, card = classifier
+    for name in ("model/model.safetensors", "model/card.json", "detector/best.safetensors", "detector/best.json",
+                 "backbone.safetensors", "features/index.csv", "history.csv", "training_curves.png"):
+        assert (out / name).is_file(), name
+    findings = dataset_findings(folder / "prepared")
+    assert set(card["thresholds"]) == set(findings) and len(findings) == 14
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == list(range(1, len(history) + 1))
+    assert {"train_loss", "val_loss", "val_macro_auroc"} <= set(history.columns)
+    assert 0 <= card["val_macro_auroc"] <= 1 and 1 <= card["best_epoch"] <= len(history)
+
+
+def test_feature_cache_holds_every_image_and_refuses_other_models(classifier):
+    folder, out, _ = classifier
+    manifest = pd.read_csv(folder / "prepared" / "manifest.csv", dtype={"image_id": str})
+    index = pd.read_csv(out / "features" / "index.csv", dtype={"image_id": str})
+    assert set(index["image_id"]) == set(manifest["image_id"])
+    meta = json.loads((out / "features" / "meta.json").read_text())
+    cache = FeatureCache(out / "features", meta["fingerprints"])
+    arrays = cache.load(manifest["image_id"].tolist()[:3])
+    assert arrays["yolo"].shape == (3, 704) and arrays["cnn"].shape == (3, 512)
+    with pytest.raises(StaleCacheError, match="another detector"):
+        FeatureCache(out / "features", {**meta["fingerprints"], "detector": "0" * 16})
+
+
+def _splits(folder: Path, cache_dir: Path) -> tuple[SplitData, SplitData, tuple[str, ...]]:
+    meta = json.loads((cache_dir / "meta.json").read_text())
+    cache = FeatureCache(cache_dir, meta["fingerprints"])
+    findings = dataset_findings(folder / "prepared")
+    return (load_split_data(folder / "prepared", cache, findings, "train"),
+            load_split_data(folder / "prepared", cache, findings, "val"), findings)
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(classifier, tmp_path):
+    folder, out, _ = classifier
+    train, val, findings = _splits(folder, out / "features")
+    config = classifier_config({**FAST, "patience": 100})
+    first = train_head(train, val, findings, {**config, "epochs": 3}, checkpoint=tmp_path / "ck")
+    assert len(first.history) == 3
+    resumed = train_head(train, val, findings, {**config, "epochs": 6}, checkpoint=tmp_path / "ck")
+    assert resumed.history["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+    pd.testing.assert_frame_equal(resumed.history.iloc[:3], first.history)
+    other = train_head(train, val, findings, {**config, "epochs": 2, "lr": 0.5}, checkpoint=tmp_path / "ck")
+    assert other.history["epoch"].tolist() == [1, 2], "a checkpoint of another config is not resumed"
+
+
+def test_head_learns_a_visible_signal():
+    """Weighted BCE on features that carry the label reaches a high validation AUROC."""
+    rng = np.random.default_rng(0)
+    findings = ("A", "B")
+
+    def split(n: int) -> SplitData:
+        labels = (rng.random((n, 2)) < [0.2, 0.5]).astype(float)
+        cnn = rng.normal(size=(n, 16))
+        cnn[:, :2] += 2.0 * labels
+        return SplitData([str(i) for i in range(n)], {"cnn": cnn, "yolo": rng.normal(size=(n, 8))},
+                         rng.uniform(20, 80, n), list(rng.choice(["M", "F"], n)), labels)
+
+    result = train_head(split(300), split(100), findings, classifier_config({"epochs": 30, "patience": 30}))
+    assert result.best_auroc > 0.85
+
+
+def test_classify_reports_each_files_own_demographics(classifier, shared_data, tmp_path):
+    _, out, _ = classifier
+    dicoms = [shared_data / "dicom" / "nih-udacity" / f"test{i}.dcm" for i in (1, 2, 3)]
+    dicoms.append(next((shared_data / "dicom" / "siim-acr").glob("1.2.276*.dcm")))
+    png = shared_data / "nih" / "images" / "00000404_000.png"
+    result = runner.invoke(app, ["classify", *map(str, dicoms), str(png), "--model", str(out),
+                                 "--out", str(tmp_path / "c"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    predictions = pd.read_csv(tmp_path / "c" / "predictions.csv", dtype={"image_id": str}).set_index("image_id")
+    for path in dicoms:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        row = predictions.loc[path.stem]
+        assert row["age_years"] == float(str(header.PatientAge).rstrip("Y"))
+        assert row["sex"] == header.PatientSex
+    assert np.isnan(predictions.loc[png.stem, "age_years"]) and pd.isna(predictions.loc[png.stem, "sex"])
+    findings = list(json.loads((out / "model" / "card.json").read_text())["findings"])
+    assert list(predictions.columns) == ["age_years", "sex", *findings, *(f"{f} positive" for f in findings)]
+    probabilities = predictions[findings].to_numpy()
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    assert set(np.unique(predictions[[f"{f} positive" for f in findings]])) <= {0, 1}
+    record = json.loads((tmp_path / "c" / "json" / "test1.json").read_text())
+    assert len(record["findings"]) == 14 and "PatientName" not in json.dumps(record)
+
+
+def test_classify_with_given_demographics(classifier, shared_data, tmp_path):
+    _, out, _ = classifier
+    png = shared_data / "nih" / "images" / "00000404_000.png"
+    result = runner.invoke(app, ["classify", str(png), "--model", str(out), "--out", str(tmp_path / "a"),
+                                 "--age", "062Y", "--sex", "F", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "a" / "predictions.csv").iloc[0]
+    assert row["age_years"] == 62.0 and row["sex"] == "F"
+    table = tmp_path / "demo.csv"
+    pd.DataFrame({"image_id": [png.stem], "age": ["45"], "sex": ["M"]}).to_csv(table, index=False)
+    result = runner.invoke(app, ["classify", str(png), "--model", str(out), "--out", str(tmp_path / "b"),
+                                 "--demographics", str(table), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "b" / "predictions.csv").iloc[0]
+    assert row["age_years"] == 45.0 and row["sex"] == "M"
+
+
+def test_classify_needs_a_classifier_run(tmp_path):
+    result = runner.invoke(app, ["classify", str(tmp_path), "--model", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "not a classifier run folder" in result.output
+
+
+def test_evaluate_classifier_writes_the_report(classifier, tmp_path):
+    folder, out, _ = classifier
+    report = tmp_path / "report"
+    result = runner.invoke(app, ["evaluate", "classifier", "--model", str(out), "--data", str(folder / "prepared"),
+                                 "--split", "test", "--out", str(report), "--n-boot", "100", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    text = (report / "report.md").read_text()
+    assert "split **test**" in text and "## Ablation" in text and "without demographics" in text
+    for name in ("roc_curves.png", "pr_curves.png", "training_curves.png", "per_finding.csv", "subgroups.csv",
+                 "predictions.csv"):
+        assert (report / name).is_file(), name
+    manifest = pd.read_csv(folder / "prepared" / "manifest.csv", dtype={"image_id": str})
+    predictions = pd.read_csv(report / "predictions.csv", dtype={"image_id": str})
+    assert set(predictions["image_id"]) == set(manifest.loc[manifest["split"] == "test", "image_id"])
