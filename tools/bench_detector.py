@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _baseline import best_baseline_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 NIH = REPO.parent / "shared" / "data" / "nih" / "images"
@@ -77,7 +78,6 @@ def accuracy(args: argparse.Namespace) -> Path:
 def speed(run: Path, args: argparse.Namespace) -> None:
     """Images/s of our detector and of ultralytics' default predict on the same PNGs."""
     from hybridcxr.detect.predict import Detector
-    from hybridcxr.detect.ultralytics_env import hybridcxr_home
 
     if NIH.is_dir():
         paths = sorted(str(p) for p in NIH.glob("*.png"))
@@ -94,14 +94,8 @@ def speed(run: Path, args: argparse.Namespace) -> None:
         start = time.perf_counter()
         n = sum(1 for _ in detector.predict_paths(paths, conf=conf))
         best_ours = min(best_ours, time.perf_counter() - start)
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    env.update({"YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(hybridcxr_home() / "ultralytics"),
-                "NO_ALBUMENTATIONS_UPDATE": "1"})
-    best_base = float("inf")
-    for _ in range(args.repeats):
-        done = subprocess.run([sys.executable, "-c", _BASELINE, str(run / "weights" / "best.pt"), str(imgsz), str(conf),
-                               json.dumps(paths)], capture_output=True, text=True, env=env, check=True)
-        best_base = min(best_base, json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+    best_base = best_baseline_seconds(_BASELINE, [str(run / "weights" / "best.pt"), str(imgsz), str(conf),
+                                                  json.dumps(paths)], args.repeats)
     ours, base = n / best_ours, len(paths) / best_base
     print(f"\nspeed on {where}, {len(paths)} files per pass, imgsz {imgsz}, CPU, best of {args.repeats}:")
     print(f"  ultralytics YOLO.predict (default settings): {base:.1f} images/s")
