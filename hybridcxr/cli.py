@@ -168,15 +168,17 @@ def train_classifier_cmd(
     detector: Annotated[Path, typer.Option(help="Detector run folder or its .safetensors weights.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder (self-contained: holds the detector and CNN too).")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value settings of configs/classifier.yaml, e.g. lr=3e-4 groups=[cnn,age,sex].")] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", help="YAML of classifier settings, e.g. `tune`'s best_config.yaml.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train the fusion classifier (detector features + ResNet-18 + age/sex) with weighted BCE."""
     from hybridcxr.classify.train import classifier_config, train_classifier
-    from hybridcxr.config import parse_overrides
+    from hybridcxr.config import parse_overrides, read_config_file
     from hybridcxr.errors import HybridCXRError
 
     try:
-        config = classifier_config(parse_overrides(overrides or []))
+        settings = read_config_file(config_file) if config_file is not None else {}
+        config = classifier_config({**settings, **parse_overrides(overrides or [])})
         card = train_classifier(data, detector, out_dir, config, progress=progress and sys.stderr.isatty())
     except HybridCXRError as err:
         _fail(err)
@@ -220,6 +222,54 @@ def classify(
     out.print(str(result), highlight=False)
     if result.skipped:
         raise typer.Exit(EXIT_SKIPPED)
+
+
+@app.command()
+def tune(
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    detector: Annotated[Path, typer.Option(help="Detector run folder or its .safetensors weights.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder: study.db, features, best_config.yaml, report.")],
+    trials: Annotated[int, typer.Option(help="Finished trials the study should hold (a re-run continues it).")] = 50,
+    storage: Annotated[str | None, typer.Option(help="SQLAlchemy URL, e.g. postgresql+psycopg://u:p@host/db [sqlite in --out].")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name [configs/tune.yaml: hybridcxr-fusion].")] = None,
+    workers: Annotated[int, typer.Option(help="Local worker processes on the same storage.")] = 1,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value settings of configs/classifier.yaml every trial starts from.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar while caching features.")] = True,
+) -> None:
+    """Tune the fusion head with Optuna on cached features (pruning, SQLite or PostgreSQL, many workers)."""
+    from hybridcxr.config import parse_overrides
+    from hybridcxr.errors import HybridCXRError
+    from hybridcxr.tune import tune_fusion
+
+    try:
+        result = tune_fusion(data, detector, out_dir, trials=trials, storage=storage, study_name=study,
+                             workers=workers, overrides=parse_overrides(overrides or []),
+                             progress=progress and sys.stderr.isatty())
+    except HybridCXRError as err:
+        _fail(err)
+    out.print(result, highlight=False)
+
+
+@app.command()
+def dashboard(
+    storage: Annotated[str, typer.Option(help="The study storage: sqlite:///RUN/study.db or a PostgreSQL URL.")],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
+    host: Annotated[str, typer.Option(help="Address to listen on (keep 127.0.0.1 unless behind a proxy).")] = "127.0.0.1",
+) -> None:
+    """Serve optuna-dashboard for a study storage on 127.0.0.1 and print its address."""
+    from hybridcxr.errors import HybridCXRError
+    from hybridcxr.tune import dashboard_url, start_dashboard, wait_until_up
+
+    server = start_dashboard(storage, host=host, port=port)
+    try:
+        wait_until_up(dashboard_url(host, port), timeout=60, process=server)
+        out.print(f"Optuna dashboard: {dashboard_url(host, port)} (pid {server.pid}; Ctrl-C stops it)", highlight=False)
+        server.wait()
+    except (HybridCXRError, TimeoutError) as err:
+        server.terminate()
+        _fail(err)
+    except KeyboardInterrupt:
+        server.terminate()
 
 
 @app.command()

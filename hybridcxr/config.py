@@ -73,6 +73,11 @@ def parse_overrides(pairs: list[str], source: str = "command line") -> dict[str,
     return out
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A user's YAML of settings (a mapping); raises InputError naming the file otherwise."""
+    return _read(Path(path))
+
+
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(path, "no such configuration file")

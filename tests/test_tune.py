@@ -1,0 +1,333 @@
+"""Optuna tuning of the fusion head on small synthetic features: workers, resume, SIGKILL, export, report, dashboard."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import sqlalchemy.exc
+import yaml
+from optuna.trial import TrialState
+
+from hybridcxr.classify.cache import FeatureCache
+from hybridcxr.classify.train import SplitData, classifier_config, train_head
+from hybridcxr.config import CONFIG_DIR
+from hybridcxr.errors import InputError
+from hybridcxr.tune import (
+    FINISHED,
+    TuneData,
+    dashboard_url,
+    default_storage,
+    export_best,
+    load_space,
+    load_tune_data,
+    open_storage,
+    run_tune,
+    start_dashboard,
+    suggest,
+    tune_settings,
+    wait_until_up,
+    write_study_report,
+)
+
+FINDINGS = ("Cardiomegaly", "Pleural effusion", "Nodule/Mass")
+#: Trials of a few tenths of a second; heartbeats every second, a trial stale after 3 s without one.
+TUNE = {"epochs": 5, "patience": 5, "warmup_epochs": 2, "startup_trials": 2, "heartbeat_interval": 1,
+        "grace_period": 3, "study": "test-fusion"}
+BASE = {"device": "cpu"}
+N = 6
+
+
+def synthetic_split(n: int, rng: np.random.Generator, prefix: str) -> SplitData:
+    """``n`` images: 16-d yolo and 32-d cnn features, the first three dims of each shifted by the labels."""
+    labels = (rng.random((n, len(FINDINGS))) < [0.35, 0.25, 0.2]).astype(float)
+    cnn = rng.normal(size=(n, 32)).astype(np.float32)
+    cnn[:, :3] += 1.5 * labels
+    yolo = rng.normal(size=(n, 16)).astype(np.float32)
+    yolo[:, :3] += 1.0 * labels
+    age = rng.uniform(20, 90, n)
+    age[::10] = np.nan
+    sex: list = [str(s) for s in rng.choice(["M", "F"], n)]
+    sex[::7] = [None] * len(sex[::7])
+    return SplitData([f"{prefix}{i}" for i in range(n)], {"yolo": yolo, "cnn": cnn}, age, sex, labels)
+
+
+def synthetic_data(seed: int = 0) -> TuneData:
+    """200 training and 80 validation images (module-level: picklable for worker processes)."""
+    rng = np.random.default_rng(seed)
+    return TuneData(synthetic_split(200, rng, "t"), synthetic_split(80, rng, "v"), FINDINGS)
+
+
+def load(url: str, name: str = "test-fusion") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(url, 1, 3))
+
+
+def assert_numbers_consecutive(study: optuna.Study) -> None:
+    numbers = [t.number for t in study.get_trials(deepcopy=False)]
+    assert sorted(numbers) == list(range(len(numbers)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny heads train several times faster on one thread than on two contended ones (as each worker does)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data() -> TuneData:
+    return synthetic_data()
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory, data):
+    """A study of N trials made by two worker processes on one SQLite file."""
+    out = tmp_path_factory.mktemp("tune")
+    run_tune(data, out, trials=N, workers=2, tune_config=TUNE, base_config=classifier_config(BASE))
+    return out, default_storage(out)
+
+
+# -- search space ------------------------------------------------------------------------------------------
+def test_space_labels_decode_to_classifier_overrides():
+    space = load_space(tune_settings())
+    trial = optuna.trial.FixedTrial({"lr": 3e-3, "weight_decay": 1e-5, "hidden": "512-128", "dropout": 0.1,
+                                     "layer_norm": True, "groups": "cnn+age+sex", "pos_weight": "sqrt-inverse",
+                                     "loss": "focal", "batch_size": 32})
+    overrides = suggest(trial, space)
+    assert overrides["hidden"] == [512, 128] and overrides["groups"] == ["cnn", "age", "sex"]
+    assert overrides["pos_weight"] == "sqrt-inverse" and overrides["layer_norm"] is True
+    assert classifier_config(overrides)["hidden"] == [512, 128]
+    assert all(isinstance(label, (str, int, float, bool)) or label is None
+               for p in space.values() if p.kind == "categorical" for label in p.choices)
+    assert "none" in space["hidden"].choices and space["hidden"].choices["none"] == []
+
+
+def test_space_fixed_keys_string_labels_and_errors():
+    space = load_space({"space": {"hidden": {"type": "categorical", "choices": ["256-64", "none"]}, "lr": 1e-3,
+                                  "groups": "yolo+cnn"}})
+    trial = optuna.trial.FixedTrial({"hidden": "256-64"})
+    assert suggest(trial, space) == {"hidden": [256, 64], "lr": 1e-3, "groups": ["yolo", "cnn"]}
+    with pytest.raises(InputError, match="'learning_rate' is not a key"):
+        load_space({"space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}})
+    with pytest.raises(InputError, match="space.lr: log needs low > 0"):
+        load_space({"space": {"lr": {"type": "float", "low": 0, "high": 1, "log": True}}})
+    with pytest.raises(InputError, match="space.dropout: missing 'high'"):
+        load_space({"space": {"dropout": {"type": "float", "low": 0}}})
+    with pytest.raises(InputError, match="choices must be distinct"):
+        load_space({"space": {"hidden": {"type": "categorical", "choices": [[256, 64], "256-64"]}}})
+
+
+# -- workers, resume, kill -----------------------------------------------------------------------------------
+def test_two_workers_fill_the_study_and_a_rerun_continues_it(two_workers, data):
+    out, url = two_workers
+    study = load(url)
+    finished = study.get_trials(deepcopy=False, states=FINISHED)
+    # Documented bound: at least N, at most N + workers - 1 (two workers finishing at the same instant).
+    assert N <= len(finished) <= N + 1
+    assert len(finished) == len(study.trials), [t.state for t in study.trials]  # no FAIL, no RUNNING left
+    assert_numbers_consecutive(study)
+    assert (out / "study.db").is_file()
+    config = study.trials[0].user_attrs["config"]
+    assert config["epochs"] == 5 and isinstance(config["hidden"], list)
+    assert all(len(t.intermediate_values) >= 1 for t in finished)
+
+    # The same call with a larger total continues this study (one worker: exactly the total).
+    run_tune(data, out, trials=N + 3, tune_config=TUNE, base_config=classifier_config(BASE))
+    study = load(url)
+    assert len(study.get_trials(deepcopy=False, states=FINISHED)) == N + 3 == len(study.trials)
+    assert_numbers_consecutive(study)
+    # ... and once the total is reached, re-running adds nothing.
+    before = [(t.number, t.state) for t in study.trials]
+    run_tune(data, out, trials=N + 3, tune_config=TUNE, base_config=classifier_config(BASE))
+    assert [(t.number, t.state) for t in load(url).trials] == before
+
+
+KILL_SCRIPT = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("tune_test", {test_file!r})
+tests = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tests)
+import hybridcxr.tune as tune
+from hybridcxr.classify.train import classifier_config
+
+real, calls = tune.train_head, []
+
+def slow_third_trial(train, val, findings, config, callback=None, checkpoint=None):
+    calls.append(1)
+    if len(calls) <= 2:
+        return real(train, val, findings, config, callback=callback, checkpoint=checkpoint)
+    callback(1, 0.5)  # one epoch reported, then "training" until killed
+    time.sleep(600)
+
+tune.train_head = slow_third_trial
+tune.run_tune(tests.synthetic_data, {out!r}, trials=4, tune_config=tests.TUNE,
+              base_config=classifier_config(tests.BASE))
+"""
+
+
+def test_sigkilled_trial_becomes_fail_and_the_rerun_completes(tmp_path, data, caplog):
+    out = tmp_path / "run"
+    script = tmp_path / "kill_me.py"
+    script.write_text(textwrap.dedent(KILL_SCRIPT.format(test_file=__file__, out=str(out))))
+    url = default_storage(out)
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        running = None
+        deadline = time.monotonic() + 90
+        while running is None:
+            assert process.poll() is None, process.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no trial started reporting in time"
+            time.sleep(0.3)
+            if (out / "study.db").is_file():
+                try:  # read only: never race the child's table creation
+                    storage = optuna.storages.RDBStorage(url, skip_table_creation=True, skip_compatibility_check=True)
+                    trials = optuna.load_study(study_name="test-fusion", storage=storage).get_trials(deepcopy=False)
+                except (KeyError, sqlalchemy.exc.OperationalError):  # tables or study not created yet
+                    continue
+                if sum(t.state in FINISHED for t in trials) == 2:  # the slow third trial, once it reported
+                    running = next((t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values), None)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()
+    study = load(url)
+    assert running.number == 2 and study.trials[2].state == TrialState.RUNNING
+    assert len(study.get_trials(deepcopy=False, states=FINISHED)) == 2
+
+    time.sleep(TUNE["grace_period"] + 2)  # the heartbeat (second resolution in SQLite) is now stale
+    with caplog.at_level(logging.WARNING, logger="hybridcxr.tune"):
+        run_tune(synthetic_data, out, trials=4, tune_config=TUNE, base_config=classifier_config(BASE))
+    assert "trials [2]" in caplog.text and "marked FAIL" in caplog.text  # failed by run_tune's own check
+    study = load(url)
+    assert study.trials[2].state == TrialState.FAIL
+    assert len(study.get_trials(deepcopy=False, states=FINISHED)) == 4
+    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert_numbers_consecutive(study)
+    assert len(study.trials) == 5
+
+
+# -- results -------------------------------------------------------------------------------------------------
+def test_export_best_is_a_full_classifier_config_that_reproduces_the_trial(two_workers, data, tmp_path):
+    _, url = two_workers
+    study = load(url)
+    path = export_best(study, tmp_path, classifier_config(BASE))
+    exported = yaml.safe_load(path.read_text())
+    keys = set(yaml.safe_load((CONFIG_DIR / "classifier.yaml").read_text()))
+    assert set(exported) == keys
+    assert classifier_config(exported) == exported
+    best = study.best_trial
+    assert {k: exported[k] for k in best.user_attrs["config"]} == best.user_attrs["config"]
+    assert isinstance(exported["hidden"], list) and isinstance(exported["groups"], list)
+    assert exported["device"] == "cpu" and exported["epochs"] == TUNE["epochs"]
+    result = train_head(data.train, data.val, data.findings, exported)
+    assert result.best_auroc == pytest.approx(best.value, abs=1e-6)  # same seed, one thread: the same run
+
+
+def test_export_best_refuses_a_study_without_complete_trials():
+    with pytest.raises(InputError, match="no complete trial"):
+        export_best(optuna.create_study(direction="maximize"), Path("unused"))
+
+
+def test_study_report_writes_pngs_csv_and_an_offline_page(two_workers, tmp_path):
+    _, url = two_workers
+    study = load(url)
+    written = write_study_report(study, tmp_path)
+    names = {p.name for p in written}
+    for name in ("optimization_history.png", "intermediate_values.png", "parallel_coordinate.png",
+                 "param_importances.png", "trials.csv", "study.html"):
+        assert name in names and (tmp_path / name).is_file(), name
+    for png in tmp_path.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, png.name
+    page = (tmp_path / "study.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "http" not in page
+    assert f"<td>{study.best_trial.number}</td><td>{study.best_value:.4f}</td>" in page
+    assert len((tmp_path / "trials.csv").read_text().strip().splitlines()) == len(study.trials) + 1
+
+
+def test_study_report_skips_importances_that_cannot_be_ranked(tmp_path):
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda trial: trial.suggest_float("lr", 1e-4, 1e-2), n_trials=1)
+    names = {p.name for p in write_study_report(study, tmp_path)}
+    assert "param_importances.png" not in names and "optimization_history.png" in names
+
+
+def test_dashboard_serves_the_study_on_localhost(two_workers):
+    _, url = two_workers
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = start_dashboard(url, port=port)
+    try:
+        address = dashboard_url(port=port)
+        assert address == f"http://127.0.0.1:{port}/"
+        wait_until_up(address, timeout=60, process=process)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(address, timeout=10) as response:
+            assert response.status == 200
+        with opener.open(address + "api/studies", timeout=10) as response:
+            assert "test-fusion" in json.dumps(json.loads(response.read()))
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    assert process.returncode is not None
+
+
+def test_load_tune_data_reads_a_prepared_dataset_and_its_cache(tmp_path):
+    import pandas as pd
+
+    prepared, cache = tmp_path / "prepared", tmp_path / "features"
+    prepared.mkdir()
+    (prepared / "data.yaml").write_text(yaml.safe_dump({"names": {i: f for i, f in enumerate(FINDINGS)}}))
+    ids = [f"img{i}" for i in range(6)]
+    pd.DataFrame({"image_id": ids, "split": ["train"] * 4 + ["val"] * 2, "age_years": [50, None, 60, 70, 40, 30],
+                  "sex": ["M", "F", None, "M", "F", "M"], **{f: [0, 1, 0, 1, 1, 0] for f in FINDINGS}}
+                 ).to_csv(prepared / "manifest.csv", index=False)
+    rng = np.random.default_rng(0)
+    FeatureCache(cache, {"detector": "d", "backbone": "b"}).add(ids, rng.normal(size=(6, 8)), rng.normal(size=(6, 4)))
+    loaded = load_tune_data(prepared, cache)
+    assert loaded.findings == FINDINGS and loaded.train.image_ids == ids[:4] and loaded.val.image_ids == ids[4:]
+    assert loaded.train.features["yolo"].shape == (4, 8) and loaded.val.features["cnn"].shape == (2, 4)
+    assert loaded.train.sex[2] is None and np.isnan(loaded.train.age_years[1])
+    with pytest.raises(InputError, match="not a feature cache"):
+        load_tune_data(prepared, tmp_path / "nowhere")
+
+
+def test_tune_cli_then_train_with_the_best_config(tiny_detector, tmp_path):
+    """`hybridcxr tune` caches features, runs trials, exports a config `train classifier --config` takes as is."""
+    from typer.testing import CliRunner
+
+    from hybridcxr.cli import app
+
+    _, folder, _ = tiny_detector
+    runner = CliRunner()
+    out = tmp_path / "tune"
+    result = runner.invoke(app, ["tune", "--data", str(folder / "prepared"), "--detector", str(folder / "run"),
+                                 "--out", str(out), "--trials", "3", "--no-progress", "backbone_size=64"])
+    assert result.exit_code == 0, result.output
+    assert "3 finished trials" in result.output
+    assert (out / "study.db").is_file() and (out / "best_config.yaml").is_file()
+    assert (out / "study-report" / "trials.csv").is_file()
+    chunks = sorted((out / "features").glob("chunk_*.safetensors"))
+    result = runner.invoke(app, ["train", "classifier", "--data", str(folder / "prepared"), "--detector",
+                                 str(folder / "run"), "--out", str(tmp_path / "cls"), "--config",
+                                 str(out / "best_config.yaml"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert sorted((out / "features").glob("chunk_*.safetensors")) == chunks, "the tuned features were reused"
