@@ -100,3 +100,21 @@ def tiny_detector(tmp_path_factory):
                                 detector_config({"epochs": 1, "imgsz": 128, "batch": 8, "workers": 0}))
     assert not attempts, f"training tried the network: {attempts}"
     return phantom, out, result
+
+
+TINY_CLASSIFIER = {"epochs": 8, "patience": 8, "backbone_size": 64, "hidden": [32]}
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_detector, tmp_path_factory):
+    """A fusion classifier run trained briefly on the ``tiny_detector`` phantoms (64 px CNN, random init), made
+    once per test session. Returns ``(folder, run, card)``; ``folder`` holds ``prepared/`` and the detector ``run/``.
+    """
+    from hybridcxr.classify.train import classifier_config, train_classifier
+
+    _, folder, _ = tiny_detector
+    out = tmp_path_factory.mktemp("cls") / "run"
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        card = train_classifier(folder / "prepared", folder / "run", out, classifier_config(TINY_CLASSIFIER),
+                                progress=False)
+    return folder, out, card

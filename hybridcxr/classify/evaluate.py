@@ -22,6 +22,7 @@ from hybridcxr.classify.train import (
     load_split_data,
     open_models,
     predict_head,
+    read_manifest,
     train_head,
 )
 from hybridcxr.errors import InputError
@@ -63,10 +64,13 @@ def evaluate_classifier(run: str | Path, prepared: str | Path, *, split: str = "
         f"the head's best validation macro AUROC was {card['val_macro_auroc']:.3f} at epoch {card['best_epoch']}.",
     ]
     out = Path(out) if out is not None else run / f"report-{split}"
+    manifest = read_manifest(prepared).set_index("image_id")
+    patients = manifest["patient_id"].astype(str) if "patient_id" in manifest else None
     return write_classifier_report(
         out, y_true=data.labels, y_score=scores, findings=list(findings), image_ids=data.image_ids, split=split,
         thresholds=card["thresholds"], sex=np.array(data.sex, dtype=object), age_years=data.age_years,
-        history=history, ablation=table, notes=notes, n_boot=n_boot)
+        history=history, ablation=table, notes=notes, n_boot=n_boot,
+        patient_ids=None if patients is None else patients.loc[data.image_ids].tolist())
 
 
 def ablation_table(prepared: Path, cache, findings: tuple[str, ...], config: dict, data, scores: np.ndarray,

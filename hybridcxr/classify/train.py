@@ -301,10 +301,28 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
     for src, name in ((detector_src, "best.safetensors"), (card_path(detector_src), "best.json")):
         if not (out / "detector" / name).is_file():
             shutil.copyfile(src, out / "detector" / name)
-    cache = cache_features(prepared, detector, backbone, Path(config["cache"] or out / "features"), progress)
+    end_to_end = bool(config["end_to_end"])
+    # End to end, the CNN changes: its frozen-start features live apart from RUN/features, which always holds
+    # the features of the run's final models (what `evaluate classifier` reads).
+    frozen = out / "checkpoint" / "features-start" if end_to_end else out / "features"
+    cache = cache_features(prepared, detector, backbone, Path(config["cache"] or frozen), progress)
     train = load_split_data(prepared, cache, findings, "train")
     val = load_split_data(prepared, cache, findings, "val")
-    result = train_head(train, val, findings, config, checkpoint=out / "checkpoint")
+    if end_to_end:
+        from hybridcxr.classify.end_to_end import train_end_to_end
+
+        manifest = read_manifest(prepared).set_index("image_id")
+        backbone, result = train_end_to_end(
+            backbone, train, val, [prepared / manifest.at[i, "image"] for i in train.image_ids],
+            [prepared / manifest.at[i, "image"] for i in val.image_ids], findings, config,
+            checkpoint=out / "checkpoint", progress=progress)
+        backbone = backbone.to(detector.device)
+        with atomic_path(backbone_file) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}, str(tmp))
+        cache = cache_features(prepared, detector, backbone, out / "features", progress)
+        val = load_split_data(prepared, cache, findings, "val")
+    else:
+        result = train_head(train, val, findings, config, checkpoint=out / "checkpoint")
     val_scores = predict_head(result.head, val)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -321,6 +339,7 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
         "val_macro_auroc": result.best_auroc,
         "backbone": {"name": config["backbone"], "size": int(config["backbone_size"]),
                      "weights": str(config["backbone_weights"] or "none (random initialisation)"),
+                     "fine_tuned": end_to_end,
                      "fingerprint": backbone.fingerprint()},
         "detector": {"imgsz": detector.imgsz, "feature_dim": detector.feature_dim},
         "train_config": {k: v for k, v in config.items()},

@@ -27,12 +27,8 @@ FAST = {"epochs": 8, "patience": 8, "backbone_size": 64, "hidden": [32]}
 
 
 @pytest.fixture(scope="module")
-def classifier(tiny_detector, tmp_path_factory):
-    _, folder, _ = tiny_detector
-    out = tmp_path_factory.mktemp("cls") / "run"
-    with pytest.warns(UserWarning, match="randomly initialised"):
-        card = train_classifier(folder / "prepared", folder / "run", out, classifier_config(FAST), progress=False)
-    return folder, out, card
+def classifier(tiny_classifier):
+    return tiny_classifier
 
 
 def test_run_folder_is_self_contained(classifier):
@@ -152,9 +148,34 @@ def test_evaluate_classifier_writes_the_report(classifier, tmp_path):
     assert result.exit_code == 0, result.output
     text = (report / "report.md").read_text()
     assert "split **test**" in text and "## Ablation" in text and "without demographics" in text
+    manifest = pd.read_csv(folder / "prepared" / "manifest.csv", dtype={"image_id": str, "patient_id": str})
+    test_rows = manifest[manifest["split"] == "test"]
+    assert f"{len(test_rows)} images of {test_rows['patient_id'].nunique()} patients" in text
     for name in ("roc_curves.png", "pr_curves.png", "training_curves.png", "per_finding.csv", "subgroups.csv",
                  "predictions.csv"):
         assert (report / name).is_file(), name
     manifest = pd.read_csv(folder / "prepared" / "manifest.csv", dtype={"image_id": str})
     predictions = pd.read_csv(report / "predictions.csv", dtype={"image_id": str})
     assert set(predictions["image_id"]) == set(manifest.loc[manifest["split"] == "test", "image_id"])
+
+
+def test_end_to_end_mode_fine_tunes_the_cnn_and_leaves_a_consistent_run(tiny_detector, tmp_path):
+    from hybridcxr.pipeline import Analyzer
+
+    _, folder, _ = tiny_detector
+    out = tmp_path / "e2e"
+    config = classifier_config({**FAST, "epochs": 2, "patience": 2, "end_to_end": True, "e2e_batch_size": 8})
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        card = train_classifier(folder / "prepared", folder / "run", out, config, progress=False)
+    assert card["backbone"]["fine_tuned"] is True
+    start = json.loads((out / "checkpoint" / "features-start" / "meta.json").read_text())["fingerprints"]
+    final = json.loads((out / "features" / "meta.json").read_text())["fingerprints"]
+    # the CNN learned: its weights (and so its features) are not the ones training started from
+    assert final["backbone"] == card["backbone"]["fingerprint"] != start["backbone"]
+    assert final["detector"] == start["detector"]
+    assert len(pd.read_csv(out / "history.csv")) >= 1
+    analyzer = Analyzer(out)  # refuses a run whose saved CNN is not the one the head was trained with
+    manifest = pd.read_csv(folder / "prepared" / "manifest.csv", dtype={"image_id": str})
+    paths = [folder / "prepared" / p for p in manifest["image"][:3]]
+    results = list(analyzer.analyze_paths(paths))
+    assert len(results) == 3 and all(0 <= p <= 1 for r in results for p in r.probabilities.values())

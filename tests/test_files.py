@@ -1,0 +1,22 @@
+"""Atomic writes: all or nothing, and the file mode a plain open() would give."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from hybridcxr.files import atomic_path, write_text
+
+
+def test_written_file_is_readable_by_others_like_a_plain_open(tmp_path):
+    path = write_text(tmp_path / "report.md", "hello")
+    assert path.read_text() == "hello"
+    assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044  # group and others may read (umask permitting)
+
+
+def test_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "table.csv") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
