@@ -132,6 +132,47 @@ def demo_data(
     out.print(f"Prepare them with: hybridcxr prepare vindr-cxr --root {out_dir} --out <PREPARED>", highlight=False)
 
 
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes (re-running resumes).")] = Path("demo-out"),
+    size: Annotated[str, typer.Option(help="small (about 5 minutes on 2 CPU cores) or medium.")] = "small",
+    seed: Annotated[int, typer.Option(help="Seed of the phantoms, the split and the training.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """The main job on built-in phantom data: prepare, train, tune, detect, classify, evaluate; no downloads."""
+    from rich.table import Table
+
+    from hybridcxr.demo import SIZES, run_demo
+    from hybridcxr.errors import HybridCXRError
+
+    if size not in SIZES:
+        raise typer.BadParameter(f"--size must be one of {', '.join(SIZES)}, not {size!r}")
+    try:
+        result = run_demo(out_dir, size, seed=seed, progress=progress and sys.stderr.isatty(),  # type: ignore[arg-type]
+                          log=lambda line: console.print(line, highlight=False))
+    except HybridCXRError as err:
+        _fail(err)
+    metrics = Table(title=f"hybridcxr demo ({size}): phantom data, models trained from scratch for minutes")
+    metrics.add_column("metric")
+    metrics.add_column("value", justify="right")
+    for name, value in result.metrics.items():
+        metrics.add_row(name, f"{value:.3f}")
+    stages = Table(title="time per stage")
+    stages.add_column("stage")
+    stages.add_column("seconds", justify="right")
+    for s in result.stages:
+        stages.add_row(s.name, "done before" if s.skipped else f"{s.seconds:.1f}")
+    stages.add_row("total", f"{result.seconds:.1f}")
+    outputs = Table(title="outputs")
+    outputs.add_column("what")
+    outputs.add_column("where")
+    for name, path in result.outputs.items():
+        outputs.add_row(name, str(path))
+    for table in (metrics, stages, outputs):
+        out.print(table)
+    out.print(f"Summary: {out_dir / 'summary.md'}", highlight=False)
+
+
 train_app = typer.Typer(help="Train a model: the detector or the fusion classifier.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Score predictions against ground truth, the way the field reports them.",
                            no_args_is_help=True)
@@ -195,6 +236,7 @@ def classify(
     sex: Annotated[str | None, typer.Option(help="Patient sex for every input (M or F); default: the DICOM header.")] = None,
     demographics: Annotated[Path | None, typer.Option(help="CSV with image_id, age, sex per image (overrides headers).")] = None,
     overlay: Annotated[bool, typer.Option(help="Write box-overlay PNGs with the probabilities.")] = False,
+    heatmap: Annotated[bool, typer.Option(help="Add a Grad-CAM panel of the most likely finding to each overlay (needs --overlay).")] = False,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -206,6 +248,8 @@ def classify(
 
     if demographics is not None and (age is not None or sex is not None):
         raise typer.BadParameter("give either --demographics or --age/--sex, not both")
+    if heatmap and not overlay:
+        raise typer.BadParameter("--heatmap draws on the overlays: add --overlay")
     try:
         table = read_demographics(demographics) if demographics is not None else None
         if age is not None or sex is not None:
@@ -215,7 +259,9 @@ def classify(
                 raise typer.BadParameter(f"--sex must be M or F, not {sex!r}")
             table = {p.stem: (given_age, given_sex) for p in collect_inputs(inputs)}
         analyzer = Analyzer(model, device=device)
-        result = classify_files(inputs, analyzer, out_dir, demographics=table, overlay=overlay,
+        if heatmap and "cnn" not in analyzer.config.groups:
+            raise typer.BadParameter(f"{model}: this classifier does not use the CNN: no Grad-CAM heatmap")
+        result = classify_files(inputs, analyzer, out_dir, demographics=table, overlay=overlay, heatmap=heatmap,
                                 allow_modality=allow_modality, progress=progress and sys.stderr.isatty())
     except HybridCXRError as err:
         _fail(err)

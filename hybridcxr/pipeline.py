@@ -240,9 +240,20 @@ def read_demographics(path: str | Path) -> dict[str, tuple[float | None, str | N
 def classify_files(
     inputs: Sequence[str | Path], analyzer: Analyzer, out: str | Path, *,
     demographics: Mapping[str, tuple[float | None, str | None]] | None = None, overlay: bool = False,
-    allow_modality: bool = False, progress: bool = True,
+    allow_modality: bool = False, progress: bool = True, heatmap: bool = False,
 ) -> BatchResult:
-    """Detect and classify every readable file: predictions.csv, one JSON per image, skipped.csv (+ overlays)."""
+    """Detect and classify every readable file: predictions.csv, one JSON per image, skipped.csv (+ overlays).
+
+    ``heatmap`` (with ``overlay``) adds to each overlay the Grad-CAM panel of its most probable finding
+    (:func:`hybridcxr.viz.heatmap.grad_cam`), named in the title; ValueError without ``overlay`` or for a
+    classifier that does not use the CNN.
+    """
+    if heatmap and not overlay:
+        raise ValueError("heatmap=True draws on the overlays: pass overlay=True too")
+    if heatmap and "cnn" not in analyzer.config.groups:
+        from hybridcxr.viz.heatmap import NO_CNN
+
+        raise ValueError(NO_CNN)
     out = Path(out)
     paths = collect_inputs(inputs)
     result = BatchResult(out)
@@ -265,9 +276,15 @@ def classify_files(
             if overlay:
                 from hybridcxr.viz.overlay import save_overlay
 
+                heat, title = None, a.image_id
+                if heatmap:
+                    from hybridcxr.viz.heatmap import grad_cam
+
+                    top, heat = grad_cam(analyzer, a)
+                    title = f"{a.image_id} \u2014 Grad-CAM: {top}"
                 save_overlay(out / "overlays" / f"{a.image_id}.png", a.detection.radiograph,
                              predictions=a.detection.boxes, probabilities=a.probabilities, decisions=a.decisions,
-                             findings=findings, title=a.image_id)
+                             findings=findings, heatmap=heat, title=title)
     result.done = len(rows)
     columns = ["image_id", "age_years", "sex", *findings, *(f"{f} positive" for f in findings)]
     result.outputs["predictions"] = write_csv(out / "predictions.csv", pd.DataFrame(rows, columns=columns))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: creates (or reuses) .venv, installs hybridcxr with its test extras,
 # then runs the demo on built-in phantom data or the test suite.
-#   bash tools/dev.sh demo [OUT]     # the main job on synthetic data, nothing downloaded
+#   bash tools/dev.sh demo [OUT] [--size small|medium]   # the main job on phantom data, nothing downloaded
 #   bash tools/dev.sh test [ARGS]    # the test suite (pytest ARGS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,13 +24,7 @@ cmd=${1:-}
 shift || true
 case "$cmd" in
   demo)
-    out=${1:-demo-out}
-    "$VENV/bin/hybridcxr" demo-data "$out/phantom" --n 240
-    "$VENV/bin/hybridcxr" prepare vindr-cxr --root "$out/phantom" --out "$out/prepared" --size 320
-    [ -f "$out/detector/weights/best.json" ] ||
-      "$VENV/bin/hybridcxr" train detector --data "$out/prepared" --out "$out/detector" --epochs 30 --imgsz 256
-    "$VENV/bin/hybridcxr" detect "$out/phantom/test" --weights "$out/detector" --out "$out/detect" --conf 0.001 --overlay
-    "$VENV/bin/hybridcxr" evaluate detector --pred "$out/detect" --truth "$out/prepared" --split test
+    "$VENV/bin/hybridcxr" demo --out "${1:-demo-out}" "${@:2}"
     ;;
   test)
     "$VENV/bin/python" -m pytest "$@"
