@@ -236,12 +236,15 @@ def classify(
     sex: Annotated[str | None, typer.Option(help="Patient sex for every input (M or F); default: the DICOM header.")] = None,
     demographics: Annotated[Path | None, typer.Option(help="CSV with image_id, age, sex per image (overrides headers).")] = None,
     overlay: Annotated[bool, typer.Option(help="Write box-overlay PNGs with the probabilities.")] = False,
+    dicom: Annotated[bool, typer.Option(help="Also write each overlay as a DICOM Secondary Capture in the source's study (needs --overlay).")] = False,
+    truth: Annotated[Path | None, typer.Option(help="Ground-truth boxes to draw dashed on the overlays: a prepared folder or a box table CSV.")] = None,
     heatmap: Annotated[bool, typer.Option(help="Add a Grad-CAM panel of the most likely finding to each overlay (needs --overlay).")] = False,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Probability and decision per finding: predictions.csv (+ JSON and overlays), one decode per image."""
+    from hybridcxr.detect.evaluate import read_truth
     from hybridcxr.errors import HybridCXRError
     from hybridcxr.io.demographics import parse_age, parse_sex
     from hybridcxr.pipeline import Analyzer, classify_files, collect_inputs, read_demographics
@@ -250,6 +253,10 @@ def classify(
         raise typer.BadParameter("give either --demographics or --age/--sex, not both")
     if heatmap and not overlay:
         raise typer.BadParameter("--heatmap draws on the overlays: add --overlay")
+    if dicom and not overlay:
+        raise typer.BadParameter("--dicom exports the overlays: add --overlay")
+    if truth is not None and not overlay:
+        raise typer.BadParameter("--truth is drawn on the overlays: add --overlay")
     try:
         table = read_demographics(demographics) if demographics is not None else None
         if age is not None or sex is not None:
@@ -261,13 +268,38 @@ def classify(
         analyzer = Analyzer(model, device=device)
         if heatmap and "cnn" not in analyzer.config.groups:
             raise typer.BadParameter(f"{model}: this classifier does not use the CNN: no Grad-CAM heatmap")
+        boxes = read_truth(truth, None)[0] if truth is not None else None
         result = classify_files(inputs, analyzer, out_dir, demographics=table, overlay=overlay, heatmap=heatmap,
-                                allow_modality=allow_modality, progress=progress and sys.stderr.isatty())
+                                dicom=dicom, truth=boxes, allow_modality=allow_modality,
+                                progress=progress and sys.stderr.isatty())
     except HybridCXRError as err:
         _fail(err)
     out.print(str(result), highlight=False)
     if result.skipped:
         raise typer.Exit(EXIT_SKIPPED)
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help="Classifier run folder (from `hybridcxr train classifier`).")],
+    host: Annotated[str, typer.Option(help="Address to listen on (keep 127.0.0.1 unless behind a proxy).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload in MiB (larger ones get 413).")] = 50.0,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
+) -> None:
+    """Serve the classifier over HTTP (FastAPI): POST /v1/analyze, overlays, a viewer page at /, docs at /docs.
+
+    Set env HYBRIDCXR_API_KEY to require header X-API-Key on /v1/*.
+    """
+    from hybridcxr.errors import HybridCXRError
+    from hybridcxr.serve.app import serve as run_server
+
+    if max_upload_mb <= 0:
+        raise typer.BadParameter(f"--max-upload-mb must be positive, not {max_upload_mb}")
+    try:
+        run_server(model, host=host, port=port, max_upload_bytes=int(max_upload_mb * (1 << 20)), device=device)
+    except HybridCXRError as err:
+        _fail(err)
 
 
 @app.command()
@@ -326,18 +358,26 @@ def detect(
     conf: Annotated[float | None, typer.Option(help="Lowest score kept [configs/detector.yaml: 0.05].")] = None,
     tta: Annotated[bool, typer.Option(help="Also run the flipped image and merge boxes by WBF.")] = False,
     overlay: Annotated[bool, typer.Option(help="Write box-overlay PNGs for radiologists.")] = False,
+    dicom: Annotated[bool, typer.Option(help="Also write each overlay as a DICOM Secondary Capture in the source's study (needs --overlay).")] = False,
+    truth: Annotated[Path | None, typer.Option(help="Ground-truth boxes to draw dashed on the overlays: a prepared folder or a box table CSV.")] = None,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Detect findings: detections.csv, one JSON per image and a VinDr/Kaggle submission.csv."""
+    if dicom and not overlay:
+        raise typer.BadParameter("--dicom exports the overlays: add --overlay")
+    if truth is not None and not overlay:
+        raise typer.BadParameter("--truth is drawn on the overlays: add --overlay")
     from hybridcxr.detect.predict import Detector
     from hybridcxr.errors import HybridCXRError
+    from hybridcxr.detect.evaluate import read_truth
     from hybridcxr.pipeline import detect_files
 
     try:
         detector = Detector.load(weights, device=device)
-        result = detect_files(inputs, detector, out_dir, conf=conf, tta=tta, overlay=overlay,
+        boxes = read_truth(truth, None)[0] if truth is not None else None
+        result = detect_files(inputs, detector, out_dir, conf=conf, tta=tta, overlay=overlay, dicom=dicom, truth=boxes,
                               allow_modality=allow_modality, progress=progress and sys.stderr.isatty())
     except HybridCXRError as err:
         _fail(err)

@@ -125,10 +125,13 @@ def to_vindr(name: str) -> str | None:
     return _TO_VINDR.get(name)
 
 
-# Okabe-Ito (colour-blind safe) first, then Paul Tol's "muted" scheme: distinct under deuteranopia/protanopia.
+# Okabe-Ito (colour-blind safe) and Paul Tol's "muted" scheme, ordered so that VinDr-CXR's 14 findings (by
+# index) get no near twins: Nodule/Mass (8) is wine, not a second light blue beside Atelectasis; Other lesion
+# (9) sand, not a second teal beside Calcification; Pneumothorax (12) purple, not a second yellow beside
+# Cardiomegaly. The last two serve longer vocabularies.
 PALETTE: tuple[str, ...] = (
     "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
-    "#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255", "#AA4499",
+    "#332288", "#882255", "#DDCC77", "#117733", "#999933", "#AA4499", "#CC6677", "#88CCEE", "#44AA99",
 )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,8 @@ import pandas as pd
 from hybridcxr.detect.metrics import add_no_finding, to_submission
 from hybridcxr.detect.predict import PREDICTION_COLUMNS, Detection, Detector
 from hybridcxr.errors import InputError
-from hybridcxr.files import write_csv, write_json
+from hybridcxr.files import write_atomic, write_csv, write_json
+from hybridcxr.io.radiograph import Radiograph
 from hybridcxr.progress import progress_bar
 
 #: File name endings taken from a folder (DICOMs without an extension are taken too).
@@ -89,11 +91,36 @@ def detection_record(detection: Detection, card: dict) -> dict:
     }
 
 
+def write_overlay(folder: Path, radiograph: Radiograph, *, dicom: bool = False, **drawing: Any) -> Path:
+    """Draw one overlay (:func:`~hybridcxr.viz.overlay.draw_overlay` keywords) as ``ID.png``; with ``dicom``
+    also as the Secondary Capture ``ID.dcm`` in the source's study. Returns the PNG's path.
+    """
+    from PIL import Image
+
+    from hybridcxr.viz.overlay import draw_overlay
+
+    rgb = draw_overlay(radiograph, **drawing)
+    png = write_atomic(folder / f"{radiograph.image_id}.png", lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+    if dicom:
+        from hybridcxr.viz.dicom_export import export_secondary_capture, source_patient_id
+
+        export_secondary_capture(rgb, radiograph, folder / f"{radiograph.image_id}.dcm",
+                                 patient_id=source_patient_id(radiograph.meta.path))
+    return png
+
+
 def detect_files(
     inputs: Sequence[str | Path], detector: Detector, out: str | Path, *, conf: float | None = None,
     tta: bool = False, overlay: bool = False, allow_modality: bool = False, progress: bool = True,
+    dicom: bool = False, truth: pd.DataFrame | None = None,
 ) -> BatchResult:
-    """Detect findings on every readable file of ``inputs``; write the outputs listed in the module doc."""
+    """Detect findings on every readable file of ``inputs``; write the outputs listed in the module doc.
+
+    ``truth`` (a box table of any images) adds each image's ground-truth boxes to its overlay, dashed.
+
+    ``dicom`` (with ``overlay``) also writes each overlay as a DICOM Secondary Capture (``overlays/ID.dcm``)
+    filed in the source's study, to send back to PACS.
+    """
     out = Path(out)
     paths = collect_inputs(inputs)
     result = BatchResult(out)
@@ -111,10 +138,8 @@ def detect_files(
             tables.append(detection.boxes)
             write_json(out / "json" / f"{image_id}.json", detection_record(detection, detector.card))
             if overlay:
-                from hybridcxr.viz.overlay import save_overlay
-
-                save_overlay(out / "overlays" / f"{image_id}.png", detection.radiograph, predictions=detection.boxes,
-                             findings=detector.findings, title=image_id)
+                write_overlay(out / "overlays", detection.radiograph, dicom=dicom, predictions=detection.boxes,
+                              truth=truth, findings=detector.findings, title=image_id)
     result.done = len(ids)
     frames = [t for t in tables if len(t)]
     detections = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
@@ -240,13 +265,15 @@ def read_demographics(path: str | Path) -> dict[str, tuple[float | None, str | N
 def classify_files(
     inputs: Sequence[str | Path], analyzer: Analyzer, out: str | Path, *,
     demographics: Mapping[str, tuple[float | None, str | None]] | None = None, overlay: bool = False,
-    allow_modality: bool = False, progress: bool = True, heatmap: bool = False,
+    allow_modality: bool = False, progress: bool = True, heatmap: bool = False, dicom: bool = False,
+    truth: pd.DataFrame | None = None,
 ) -> BatchResult:
     """Detect and classify every readable file: predictions.csv, one JSON per image, skipped.csv (+ overlays).
 
     ``heatmap`` (with ``overlay``) adds to each overlay the Grad-CAM panel of its most probable finding
     (:func:`hybridcxr.viz.heatmap.grad_cam`), named in the title; ValueError without ``overlay`` or for a
-    classifier that does not use the CNN.
+    classifier that does not use the CNN. ``dicom`` (with ``overlay``) also writes each overlay as a DICOM
+    Secondary Capture and ``truth`` adds ground-truth boxes, as in :func:`detect_files`.
     """
     if heatmap and not overlay:
         raise ValueError("heatmap=True draws on the overlays: pass overlay=True too")
@@ -274,17 +301,15 @@ def classify_files(
                                      "positive": a.decisions[f], "threshold": analyzer.thresholds[f]} for f in findings]}
             write_json(out / "json" / f"{a.image_id}.json", record)
             if overlay:
-                from hybridcxr.viz.overlay import save_overlay
-
                 heat, title = None, a.image_id
                 if heatmap:
                     from hybridcxr.viz.heatmap import grad_cam
 
                     top, heat = grad_cam(analyzer, a)
                     title = f"{a.image_id} \u2014 Grad-CAM: {top}"
-                save_overlay(out / "overlays" / f"{a.image_id}.png", a.detection.radiograph,
-                             predictions=a.detection.boxes, probabilities=a.probabilities, decisions=a.decisions,
-                             findings=findings, heatmap=heat, title=title)
+                write_overlay(out / "overlays", a.detection.radiograph, dicom=dicom, predictions=a.detection.boxes,
+                              truth=truth, probabilities=a.probabilities, decisions=a.decisions, findings=findings,
+                              heatmap=heat, title=title)
     result.done = len(rows)
     columns = ["image_id", "age_years", "sex", *findings, *(f"{f} positive" for f in findings)]
     result.outputs["predictions"] = write_csv(out / "predictions.csv", pd.DataFrame(rows, columns=columns))

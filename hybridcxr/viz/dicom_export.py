@@ -57,6 +57,7 @@ def export_secondary_capture(
     *,
     series_description: str = "hybridcxr findings overlay",
     manufacturer_model: str = f"hybridcxr {__version__}",
+    patient_id: str | None = None,
 ) -> Path:
     """Write ``overlay_rgb`` as a DICOM Secondary Capture filed in the study of ``source``; return the path.
 
@@ -69,6 +70,8 @@ def export_secondary_capture(
         path: the file to write (atomically: a reader never sees half a file).
         series_description: Series Description of the new series (64 characters at most).
         manufacturer_model: Manufacturer's Model Name (64 characters at most).
+        patient_id: the source's Patient ID (see :func:`source_patient_id`), which PACS match the study on;
+            left empty when not given. Never logged.
 
     Raises:
         ValueError: ``overlay_rgb`` is not an (H, W, 3) uint8 array, or a description is too long for DICOM.
@@ -79,9 +82,27 @@ def export_secondary_capture(
             f"a secondary capture needs an (H, W, 3) uint8 RGB picture; got {pixels.dtype} of shape {pixels.shape}"
         )
     dataset = _secondary_capture(np.ascontiguousarray(pixels), source, series_description, manufacturer_model)
+    if patient_id:
+        dataset.PatientID = patient_id
     with atomic_path(path) as tmp:
         dataset.save_as(tmp, enforce_file_format=True)
     return Path(path)
+
+
+def source_patient_id(path: str | Path) -> str | None:
+    """The Patient ID of a DICOM file (only that element is read), or None for other files.
+
+    :class:`~hybridcxr.io.Radiograph` does not keep identifiers, so the export reads this one from the file
+    when it files the capture back into the patient's study.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+    except Exception:  # noqa: BLE001 - not a DICOM (PNG, JPEG): no Patient ID
+        return None
+    value = str(ds.get("PatientID", "") or "").strip()
+    return value or None
 
 
 def _secondary_capture(pixels: np.ndarray, source: Radiograph, series_description: str,

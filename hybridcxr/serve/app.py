@@ -1,0 +1,160 @@
+"""The HTTP face of hybridcxr: FastAPI over the same :class:`~hybridcxr.pipeline.Analyzer` the CLI uses.
+
+Routes::
+
+    POST /v1/analyze            multipart field ``file`` (DICOM, PNG or JPEG), optional ``age``, ``sex``
+    GET  /v1/overlay/{id}.png   the overlay of a recent analysis (``?boxes=false``: without boxes)
+    GET  /healthz               liveness; answers while an analysis runs
+    GET  /                      a self-contained viewer page (no CDN, nothing downloaded)
+    GET  /docs                  OpenAPI docs
+
+Errors are JSON ``{"error": code, "detail": message}``: 401 missing or wrong ``X-API-Key`` (when a key is
+set), 413 upload over the limit, 415 not DICOM/PNG/JPEG, 422 undecodable or not a chest radiograph.
+
+>>> app = create_app("runs/classifier", max_upload_bytes=20 << 20)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import re
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from hybridcxr import __version__
+from hybridcxr.serve import schema
+from hybridcxr.serve.results import overlay_png
+from hybridcxr.serve.service import DEFAULT_MAX_UPLOAD_BYTES, AnalysisService
+from hybridcxr.serve.uploads import MULTIPART_SLACK, ServiceError, UploadLimit, error_response
+
+API_KEY_ENV = "HYBRIDCXR_API_KEY"
+API_KEY_HEADER = "X-API-Key"
+_ID = re.compile(r"^[0-9a-f]{32}$")
+#: The viewer runs only its own inline script and shows only this server's and blob: images.
+_VIEWER_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob:; "
+               "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
+_ERRORS = {code: {"model": schema.Error, "description": text} for code, text in {
+    401: "missing or wrong X-API-Key (only when the server has a key)",
+    413: "upload over the server's limit", 415: "not a DICOM, PNG or JPEG file",
+    422: "undecodable, not a chest radiograph (e.g. a CT DICOM), or a bad age/sex"}.items()}
+
+log = logging.getLogger("hybridcxr.serve")
+
+
+def create_app(run: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, api_key: str | None = None,
+               device: str | None = None, cache_size: int = 256) -> FastAPI:
+    """Load a classifier run once and return the service's FastAPI app.
+
+    Args:
+        run: a classifier run folder (from ``hybridcxr train classifier``).
+        max_upload_bytes: larger uploads get 413 before their body is stored.
+        api_key: when set (default: env ``HYBRIDCXR_API_KEY``; ``""`` for none), ``/v1/*`` needs header
+            ``X-API-Key`` equal to it; ``/``, ``/healthz`` and the docs stay open (they hold no patient data).
+        device: cpu, cuda or cuda:N [CUDA when available].
+        cache_size: analyses whose overlays stay available (least recently used dropped first).
+
+    Raises:
+        InputError: ``run`` is not a usable classifier run folder.
+    """
+    service = AnalysisService(run, device=device, max_upload_bytes=max_upload_bytes, cache_size=cache_size)
+    key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV)) or None  # "": no key
+    viewer = (files("hybridcxr") / "assets" / "viewer.html").read_text(encoding="utf-8")
+
+    app = FastAPI(title="hybridcxr", version=__version__,
+                  description="Chest X-ray findings: YOLOv8 boxes fused with CNN embeddings and demographics. "
+                              "Research use only, not for diagnosis.")
+    app.state.service = service
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, err: ServiceError) -> JSONResponse:
+        return err.response()
+
+    app.add_middleware(UploadLimit, max_body=max_upload_bytes + MULTIPART_SLACK, file_limit=max_upload_bytes)
+    if key is not None:
+        app.add_middleware(ApiKeyGuard, key=key)  # outermost: no body of a stranger is read
+
+    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="needed when the server has a key")
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(header)], responses=_ERRORS)
+
+    @v1.post("/analyze", response_model=schema.Analysis, summary="Detect and classify one radiograph")
+    async def analyze(
+        file: Annotated[UploadFile, File(description="DICOM, PNG or JPEG (told by content)")],
+        age: Annotated[str | None, Form(description="override the header's age: 62, 062Y, 003M")] = None,
+        sex: Annotated[str | None, Form(description="override the header's sex: M or F")] = None,
+    ) -> JSONResponse:
+        record = await run_in_threadpool(service.analyze_upload, file.file, file.content_type, age, sex)
+        return JSONResponse(schema.Analysis.model_validate(record).model_dump(mode="json"),
+                            headers={"Cache-Control": "private, no-store"})
+
+    @v1.get("/overlay/{analysis_id}.png", response_class=Response, summary="Overlay of a recent analysis",
+            responses={200: {"content": {"image/png": {}}}, 404: {"model": schema.Error}})
+    async def overlay(analysis_id: str, boxes: Annotated[bool, Query(description="draw the boxes")] = True) -> Response:
+        if not _ID.match(analysis_id):
+            raise ServiceError(404, "unknown_id", f"{analysis_id[:40]!r} is not an analysis id")
+        png = await run_in_threadpool(overlay_png, service.stored(analysis_id), boxes=boxes)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+
+    app.include_router(v1)
+
+    @app.get("/healthz", response_model=schema.Health, summary="Liveness")
+    async def healthz() -> dict:
+        return {"status": "ok", "busy": service.busy, "results_kept": len(service.results),
+                "model": f"{service.model['kind']} card v{service.model['card_version']}"}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(viewer, headers={"Content-Security-Policy": _VIEWER_CSP, "Cache-Control": "no-cache"})
+
+    return app
+
+
+class ApiKeyGuard:
+    """ASGI middleware: 401 for ``/v1/*`` without header ``X-API-Key`` equal to ``key`` (constant-time compare)."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope.get("headers", [])).get(API_KEY_HEADER.lower().encode())
+            if given is None or not hmac.compare_digest(given, self.key):
+                log.info("refused %s %s: no valid API key", scope["method"], scope["path"][:80])
+                response = error_response(401, "unauthorized", f"missing or wrong {API_KEY_HEADER} header")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Send the service's log lines (ids, sizes, timings; never names) to stderr beside uvicorn's."""
+    logger = logging.getLogger("hybridcxr.serve")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
+          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, device: str | None = None) -> None:
+    """Load the models, then serve the app with uvicorn until interrupted (one process, one model copy)."""
+    import uvicorn
+
+    configure_logging()
+    app = create_app(run, max_upload_bytes=max_upload_bytes, device=device)
+    if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(API_KEY_ENV):
+        log.warning("listening on %s without an API key: set %s or keep 127.0.0.1 behind a proxy", host, API_KEY_ENV)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+__all__ = ["API_KEY_ENV", "ApiKeyGuard", "configure_logging", "create_app", "serve"]

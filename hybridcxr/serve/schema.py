@@ -1,0 +1,93 @@
+"""The service's JSON shapes as pydantic models: they document the API in ``/docs`` and check every answer."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Finding(BaseModel):
+    """The classifier's output for one finding."""
+
+    finding: str
+    probability: float = Field(ge=0, le=1)
+    positive: bool = Field(description="probability >= threshold (thresholds chosen on the validation split)")
+    threshold: float
+    colour: str = Field(description="the finding's overlay colour, hex")
+
+
+class Box(BaseModel):
+    """One detector box in the original image's pixels."""
+
+    finding: str
+    score: float
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+    colour: str
+
+
+class ImageInfo(BaseModel):
+    """What was read from the upload (no names or birth dates are ever read)."""
+
+    format: str = Field(description="dicom, png or jpeg, told by content")
+    bytes: int
+    width: int
+    height: int
+    view: str | None = None
+    modality: str | None = None
+    pixel_spacing: tuple[float, float] | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+
+
+class Panel(BaseModel):
+    """Size of the image panel at the overlay picture's top-left corner (the legend is to its right)."""
+
+    width: int
+    height: int
+
+
+class Overlay(BaseModel):
+    """Where the overlay PNG is (``?boxes=false`` for the picture without boxes) and its image panel."""
+
+    url: str
+    panel: Panel
+
+
+class Demographics(BaseModel):
+    """Where the age and sex used came from: request (form field), header, or unknown."""
+
+    age: str
+    sex: str
+
+
+class Analysis(BaseModel):
+    """Everything the service says about one radiograph."""
+
+    id: str
+    image: ImageInfo
+    age_years: float | None
+    sex: str | None
+    demographics_source: Demographics
+    findings: list[Finding] = Field(description="highest probability first")
+    boxes: list[Box]
+    overlay: Overlay
+    model: dict = Field(description="the model card's facts: versions, findings, thresholds rule, validation AUROC")
+
+
+class Error(BaseModel):
+    """Every error the service makes on purpose."""
+
+    error: str = Field(description="a stable code, e.g. upload_too_large, unsupported_type, undecodable")
+    detail: str = Field(description="what is wrong, in words")
+
+
+class Health(BaseModel):
+    """Liveness: answered while an analysis runs."""
+
+    status: str
+    busy: bool
+    results_kept: int
+    model: str

@@ -1,0 +1,209 @@
+"""The models behind the HTTP face: one :class:`~hybridcxr.pipeline.Analyzer`, one lock, the recent results.
+
+An upload is checked (type by content, size), written to a private temporary folder under a generated id,
+decoded by :func:`hybridcxr.io.read_radiograph` (the CLI's decode) and deleted; the radiograph then goes
+through the Analyzer's own detector and :meth:`~hybridcxr.pipeline.Analyzer.analyze`, the path
+``hybridcxr classify`` takes, so the service and the CLI give the same numbers. Decoding runs outside the
+model lock (uploads decode in parallel), the networks inside it (their feature hooks hold per-call state).
+
+Nothing identifying is logged: the generated id, byte counts, image size, box count and time only.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from hybridcxr.errors import (
+    MultiFrameError,
+    NoPixelDataError,
+    NotAnImageError,
+    RadiographError,
+    UnsupportedModalityError,
+)
+from hybridcxr.findings import colour
+from hybridcxr.io.radiograph import Radiograph
+from hybridcxr.serve.results import ResultStore, StoredResult, stored_result
+from hybridcxr.serve.uploads import MIB, ServiceError, sniff_upload, too_large
+
+if TYPE_CHECKING:
+    from hybridcxr.pipeline import Analysis
+
+log = logging.getLogger("hybridcxr.serve")
+
+DEFAULT_MAX_UPLOAD_BYTES = 50 * MIB
+_SUFFIX = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg"}
+
+
+class AnalysisService:
+    """Load a classifier run once; analyze uploads into JSON records; keep the last ``cache_size`` for overlays."""
+
+    def __init__(self, run: str | Path, *, device: str | None = None,
+                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, cache_size: int = 256) -> None:
+        from hybridcxr.pipeline import Analyzer
+
+        if max_upload_bytes < 1:
+            raise ValueError(f"max_upload_bytes must be positive, not {max_upload_bytes}")
+        self.analyzer = Analyzer(run, device=device)
+        self.max_upload_bytes = max_upload_bytes
+        self.results = ResultStore(cache_size)
+        self.model = model_info(self.analyzer.card, self.analyzer.detector.card)
+        self._lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        """Whether the networks are running now."""
+        return self._lock.locked()
+
+    def analyze_upload(self, upload: IO[bytes], content_type: str | None, age: str | None = None,
+                       sex: str | None = None) -> dict[str, Any]:
+        """Check, decode, detect and classify one uploaded file; return its JSON record (:class:`schema.Analysis`).
+
+        Raises:
+            ServiceError: 413 too large, 415 not DICOM/PNG/JPEG, 422 undecodable or not a radiograph, or a
+                bad ``age``/``sex``.
+        """
+        analysis_id = uuid.uuid4().hex
+        start = time.perf_counter()
+        try:
+            given_age, given_sex = parse_demographics(age, sex)
+            kind = sniff_upload(upload.read(132), content_type)
+            upload.seek(0)
+            with tempfile.TemporaryDirectory(prefix="hybridcxr-serve-") as folder:
+                path = Path(folder) / f"{analysis_id}{_SUFFIX[kind]}"
+                size = _copy_limited(upload, path, self.max_upload_bytes)
+                radiograph = _decode(path)
+        except ServiceError as err:
+            log.info("rejected %s: %d %s", analysis_id, err.status_code, err.code)
+            raise
+        age_years = given_age if age else radiograph.age_years
+        sex_used = given_sex if sex else radiograph.sex
+        with self._lock:
+            detection = self.analyzer.detector.predict([radiograph], features=True)[0]
+            analysis = self.analyzer.analyze([detection], [age_years], [sex_used])[0]
+        stored = stored_result(radiograph.pixels, detection.boxes, analysis.probabilities, analysis.decisions,
+                               self.analyzer.findings)
+        self.results.put(analysis_id, stored)
+        record = self._record(analysis_id, kind, size, radiograph, analysis, stored, given=(bool(age), bool(sex)))
+        log.info("analyzed %s: %d bytes, %s %dx%d, %d boxes, %.0f ms", analysis_id, size, kind, radiograph.width,
+                 radiograph.height, len(detection.boxes), 1000 * (time.perf_counter() - start))
+        return record
+
+    def stored(self, analysis_id: str) -> StoredResult:
+        """The kept result of ``analysis_id``; 404 where unknown or already dropped."""
+        found = self.results.get(analysis_id)
+        if found is None:
+            raise ServiceError(404, "unknown_id", f"no analysis {analysis_id!r} here: only the last "
+                                                  f"{self.results.capacity} results are kept")
+        return found
+
+    def _record(self, analysis_id: str, kind: str, size: int, radiograph: Radiograph, analysis: Analysis,
+                stored: StoredResult, given: tuple[bool, bool]) -> dict[str, Any]:
+        """The JSON answer: image facts, demographics used and their source, findings, boxes, overlay, model."""
+        findings = self.analyzer.findings
+        meta = radiograph.meta
+
+        def source(was_given: bool, value: object) -> str:
+            return "request" if was_given else "header" if value is not None else "unknown"
+
+        ranked = sorted(findings, key=lambda f: -analysis.probabilities[f])
+        return {
+            "id": analysis_id,
+            "image": {"format": kind, "bytes": size, "width": radiograph.width, "height": radiograph.height,
+                      "view": meta.view, "modality": meta.modality, "pixel_spacing": meta.pixel_spacing,
+                      "study_instance_uid": meta.study_uid, "series_instance_uid": meta.series_uid,
+                      "sop_instance_uid": meta.sop_uid},
+            "age_years": analysis.age_years,
+            "sex": analysis.sex,
+            "demographics_source": {"age": source(given[0], analysis.age_years), "sex": source(given[1], analysis.sex)},
+            "findings": [{"finding": f, "probability": round(analysis.probabilities[f], 5),
+                          "positive": bool(analysis.decisions[f]), "threshold": self.analyzer.thresholds[f],
+                          "colour": colour(f, findings)} for f in ranked],
+            "boxes": [{"finding": r.finding, "score": round(float(r.score), 5),
+                       **{k: round(float(getattr(r, k)), 2) for k in ("x_min", "y_min", "x_max", "y_max")},
+                       "colour": colour(r.finding, findings)}
+                      for r in analysis.detection.boxes.itertuples(index=False)],
+            "overlay": {"url": f"/v1/overlay/{analysis_id}.png",
+                        "panel": {"width": int(stored.grey.shape[1]), "height": int(stored.grey.shape[0])}},
+            "model": self.model,
+        }
+
+
+def model_info(card: dict[str, Any], detector_card: dict[str, Any]) -> dict[str, Any]:
+    """The model card's facts a client may show or log: versions, findings, thresholds rule, validation AUROC.
+
+    Local paths of the training data are left out.
+    """
+    backbone = card.get("backbone", {})
+    return {
+        "kind": card.get("kind"),
+        "card_version": card.get("card_version"),
+        "versions": card.get("versions", {}),
+        "saved_at": card.get("saved_at"),
+        "findings": list(card.get("findings", [])),
+        "groups": list(card.get("groups", [])),
+        "threshold_rule": card.get("threshold_rule"),
+        "val_macro_auroc": card.get("val_macro_auroc"),
+        "best_epoch": card.get("best_epoch"),
+        "backbone": {k: backbone.get(k) for k in ("name", "size", "fine_tuned")},
+        "detector": {"imgsz": detector_card.get("imgsz"), "feature_dim": detector_card.get("feature_dim"),
+                     "versions": detector_card.get("versions", {})},
+    }
+
+
+def parse_demographics(age: str | None, sex: str | None) -> tuple[float | None, str | None]:
+    """The optional ``age`` and ``sex`` form fields; empty means "use the header".
+
+    Raises:
+        ServiceError: 422 for an age that is not one (``62``, ``062Y``, ``003M`` are) or a sex other than M/F.
+    """
+    from hybridcxr.io.demographics import parse_age, parse_sex
+
+    given_age = parse_age(age, source="form field age") if age else None
+    if age and given_age is None:
+        raise ServiceError(422, "bad_age", f"age {age[:20]!r} is not an age (expected e.g. 62, 062Y or 003M)")
+    given_sex = parse_sex(sex) if sex else None
+    if sex and given_sex is None:
+        raise ServiceError(422, "bad_sex", f"sex {sex[:20]!r} is not M or F")
+    return given_age, given_sex
+
+
+def _copy_limited(upload: IO[bytes], path: Path, limit: int) -> int:
+    """Copy the upload to ``path``; 413 once it passes ``limit`` bytes. Returns the size."""
+    size = 0
+    with path.open("wb") as out:
+        while block := upload.read(1 << 20):
+            size += len(block)
+            if size > limit:
+                raise too_large(limit)
+            out.write(block)
+    return size
+
+
+def _decode(path: Path) -> Radiograph:
+    """Read the radiograph; every failure becomes a 422 that names the problem, never the temporary path."""
+    from hybridcxr.io import read_radiograph
+
+    def plain(problem: str) -> str:
+        return problem.replace(str(path), "the upload").replace(str(path.parent), "")
+
+    try:
+        return read_radiograph(path)
+    except (UnsupportedModalityError, NoPixelDataError, MultiFrameError) as err:
+        problem = err.problem.split("; pass allow_modality")[0]  # the service has no such switch
+        raise ServiceError(422, "not_a_radiograph", f"not a chest radiograph: {plain(problem)}") from None
+    except NotAnImageError as err:
+        raise ServiceError(422, "undecodable", f"cannot decode the file: {plain(err.problem)}") from None
+    except RadiographError as err:
+        raise ServiceError(422, "unreadable", f"cannot read the radiograph: {plain(err.problem)}") from None
+    except Exception as err:  # noqa: BLE001 - decoders raise many types on hostile input
+        log.warning("decoder failed on %s: %s", path.stem, type(err).__name__)
+        raise ServiceError(422, "undecodable", f"cannot decode the file ({type(err).__name__})") from None
+
+
+__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "AnalysisService", "model_info", "parse_demographics"]

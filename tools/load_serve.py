@@ -1,0 +1,206 @@
+"""Load test of `hybridcxr serve`: a real uvicorn server, concurrent clients, latency and memory growth.
+
+    python tools/load_serve.py [--model RUN] [--out runs/load_serve] [--clients 8] [--requests 200]
+
+Starts `hybridcxr serve` in its own process on 127.0.0.1 (a free port), sends ``--clients`` threads x
+``--requests`` POST /v1/analyze each (httpx, small phantom DICOMs and PNGs in turn), and reports errors, p50/p95
+latency and the server's resident memory (VmRSS of its PID) after the first 100 and after the last 100
+requests. Exits non-zero on any error or when memory grew more than ``--max-growth`` (10%) between the two:
+the service keeps a bounded LRU of results, so memory must level off.
+
+Without ``--model`` a tiny phantom run is built first under ``--out`` (phantom DICOMs, 160 px prepared set,
+a YOLOv8n detector trained 1 epoch at 128 px, a small fusion classifier), as the tests' fixtures do, and reused
+by later runs. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CLASSIFIER = {"epochs": 8, "patience": 8, "backbone_size": 64, "hidden": [32]}
+
+
+def build_phantom_run(out: Path) -> Path:
+    """A tiny classifier run on phantoms under ``out`` (made once, reused); returns the run folder."""
+    from hybridcxr.classify.train import classifier_config, train_classifier
+    from hybridcxr.data.phantom import make_phantom_dataset
+    from hybridcxr.data.prepare import PrepareOptions, prepare
+    from hybridcxr.data.sources import load_source
+    from hybridcxr.detect.train import detector_config, train_detector
+
+    run = out / "classifier"
+    if (run / "model" / "card.json").is_file():
+        return run
+    print(f"building a tiny phantom run under {out} (once)", flush=True)
+    if not (out / "phantom" / "annotations").is_dir():
+        make_phantom_dataset(out / "phantom", n=24, seed=5)
+    if not (out / "prepared" / "manifest.csv").is_file():
+        prepare(load_source("vindr-cxr", out / "phantom"), out / "prepared",
+                PrepareOptions(size=160, workers=0, progress=False))
+    if not (out / "detector" / "weights" / "best.json").is_file():
+        train_detector(out / "prepared", out / "detector",
+                       detector_config({"epochs": 1, "imgsz": 128, "batch": 8, "workers": 0}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "randomly initialised" CNN: no pretrained weights offline
+        train_classifier(out / "prepared", out / "detector", run, classifier_config(TINY_CLASSIFIER), progress=False)
+    return run
+
+
+def load_images(out: Path) -> list[tuple[str, bytes, str]]:
+    """Small uploads: 8 phantom DICOMs of 176 x 160 px and 8 prepared 160 px PNGs, as (name, bytes, type)."""
+    from hybridcxr.data.phantom import make_phantom_dataset
+
+    small = out / "small-dicoms"
+    if not any(small.rglob("*.dicom")):
+        make_phantom_dataset(small, n=8, seed=11, size=(176, 160))
+    dicoms = sorted(small.rglob("*.dicom"))[:8]
+    pngs = sorted((out / "prepared" / "images").rglob("*.png"))[:8] if (out / "prepared").is_dir() else []
+    files = [(p.name, p.read_bytes(), "application/dicom") for p in dicoms]
+    files += [(p.name, p.read_bytes(), "image/png") for p in pngs]
+    if not files:
+        sys.exit(f"no load images found under {out}")
+    return files
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process in MiB, from /proc/PID/status (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def start_server(run: Path, port: int, log: Path) -> subprocess.Popen:
+    """`hybridcxr serve` in its own process (its log to ``log``); returns once /healthz answers."""
+    import httpx
+
+    env = {**os.environ, "YOLO_OFFLINE": "1", "HYBRIDCXR_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env.pop("HYBRIDCXR_API_KEY", None)
+    with log.open("wb") as handle:
+        server = subprocess.Popen([sys.executable, "-m", "hybridcxr.cli", "serve", "--model", str(run), "--port",
+                                   str(port), "--device", "cpu"], stdout=handle, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"the server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop(server)
+    sys.exit(f"the server did not answer /healthz within 180 s:\n{log.read_text()[-3000:]}")
+
+
+def stop(server: subprocess.Popen) -> None:
+    """SIGINT (uvicorn's graceful stop) to the server's PID, then SIGKILL if it lingers."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def hammer(port: int, pid: int, files: list[tuple[str, bytes, str]], clients: int, requests: int,
+           window: int) -> dict:
+    """``clients`` threads x ``requests`` analyses; latencies, errors and RSS after the first/last ``window``."""
+    import httpx
+
+    total = clients * requests
+    latencies: list[float] = []
+    errors: list[str] = []
+    done = 0
+    rss: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        nonlocal done
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
+            for i in range(requests):
+                name, data, kind = files[(index * requests + i) % len(files)]
+                start = time.perf_counter()
+                try:
+                    response = http.post("/v1/analyze", files={"file": (name, data, kind)})
+                    ok = response.status_code == 200 and len(response.json()["findings"]) > 0
+                    problem = None if ok else f"{response.status_code}: {response.text[:200]}"
+                except httpx.HTTPError as err:
+                    problem = f"{type(err).__name__}: {err}"
+                elapsed = time.perf_counter() - start
+                with lock:
+                    latencies.append(elapsed)
+                    if problem:
+                        errors.append(problem)
+                    done += 1
+                    if done == window:
+                        rss["first"] = rss_mib(pid)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    rss["last"] = rss_mib(pid)
+    return {"latencies": np.array(latencies), "errors": errors, "rss": rss, "wall": wall, "total": total}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="classifier run folder [a tiny phantom run]")
+    parser.add_argument("--out", type=Path, default=Path("runs/load_serve"))
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=200, help="per client")
+    parser.add_argument("--window", type=int, default=100, help="requests before the first memory reading")
+    parser.add_argument("--max-growth", type=float, default=0.10)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    run = args.model or build_phantom_run(args.out)
+    files = load_images(args.out)
+    port = free_port()
+    server = start_server(run, port, args.out / "server.log")
+    try:
+        result = hammer(port, server.pid, files, args.clients, args.requests, args.window)
+    finally:
+        stop(server)
+    lat = result["latencies"] * 1000
+    first, last = result["rss"]["first"], result["rss"]["last"]
+    growth = (last - first) / first
+    cores = len(os.sched_getaffinity(0))
+    print(f"server: hybridcxr serve --model {run} on 127.0.0.1:{port} (pid {server.pid}), cores: {cores}")
+    print(f"uploads: {len(files)} small files in turn ({', '.join(sorted({f[2] for f in files}))})")
+    print(f"requests: {result['total']} ({args.clients} clients x {args.requests}) in {result['wall']:.1f} s, "
+          f"{result['total'] / result['wall']:.1f} requests/s")
+    print(f"errors: {len(result['errors'])}" + (f" (first: {result['errors'][0]})" if result["errors"] else ""))
+    print(f"latency: p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms, "
+          f"max {lat.max():.0f} ms")
+    print(f"server RSS: {first:.1f} MiB after the first {args.window} requests, {last:.1f} MiB after the last "
+          f"{args.window}: growth {100 * growth:+.1f}% (limit {100 * args.max_growth:.0f}%)")
+    failed = bool(result["errors"]) or growth > args.max_growth
+    print("RESULT " + ("FAIL" if failed else "PASS"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
