@@ -338,7 +338,15 @@ def dashboard(
     from hybridcxr.errors import HybridCXRError
     from hybridcxr.tune import dashboard_url, start_dashboard, wait_until_up
 
+    import signal
+
     server = start_dashboard(storage, host=host, port=port)
+
+    def stop(signum: int, _frame: object) -> None:  # SIGTERM to this command stops the dashboard too
+        server.terminate()
+        raise typer.Exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         wait_until_up(dashboard_url(host, port), timeout=60, process=server)
         out.print(f"Optuna dashboard: {dashboard_url(host, port)} (pid {server.pid}; Ctrl-C stops it)", highlight=False)

@@ -33,6 +33,7 @@ import html
 import logging
 import math
 import multiprocessing as mp
+import os
 import subprocess
 import sys
 import time
@@ -373,6 +374,7 @@ class _Job:
     settings: dict[str, Any]
     base_config: dict[str, Any]
     verbosity: int  # optuna's log level in the parent, kept in the workers
+    threads: int = 1  # torch threads of each worker process: the cores shared out between the workers
 
 
 def _work(job: _Job, data: TuneData | Callable[[], TuneData], worker: int, study: optuna.Study | None = None) -> None:
@@ -389,10 +391,10 @@ def _work(job: _Job, data: TuneData | Callable[[], TuneData], worker: int, study
 
 
 def _worker_main(job: _Job, data: TuneData | Callable[[], TuneData], worker: int) -> None:
-    """Entry point of a spawned worker: one torch thread (the workers share the cores), own storage."""
+    """Entry point of a spawned worker: its share of the cores as torch threads, its own storage."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, int(job.threads)))
     optuna.logging.set_verbosity(job.verbosity)
     _work(job, data, worker)
 
@@ -411,9 +413,11 @@ def run_tune(
         storage: any SQLAlchemy URL (``sqlite:///...``, ``postgresql+psycopg://...``); workers on other
             machines join by running the same call against the same URL.
         study_name: default ``tune.yaml``'s ``study``.
-        workers: local worker processes (spawned; each opens its own storage connection and uses one torch
-            thread). One worker runs in this process. A script calling this with ``workers > 1`` needs the usual
-            ``if __name__ == "__main__":`` guard (spawned processes import the main module).
+        workers: local worker processes (spawned; each opens its own storage connection and uses
+            :func:`worker_threads` torch threads: the cores shared out, one each where workers >= cores). One
+            worker runs in this process, with torch's own thread setting. A script calling this with
+            ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard (spawned processes import the
+            main module).
         seed: TPE sampler seed (default ``tune.yaml``'s ``sampler_seed``); see :func:`worker_seed`.
         tune_config: overrides of ``configs/tune.yaml`` (see :func:`tune_settings`).
         base_config: the classifier config every trial starts from (default ``configs/classifier.yaml``).
@@ -450,8 +454,21 @@ def run_tune(
     if n_workers == 1:
         _work(job, data, 0, study)
     else:
+        job.threads = worker_threads(n_workers)
         _run_workers(job, data, n_workers)
     return study
+
+
+def worker_threads(n_workers: int) -> int:
+    """Torch threads of each of ``n_workers`` worker processes: this process's cores shared out, at least one.
+
+    A trial's matrices are small: threads beyond a worker's share of the cores only contend with the others.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(n_workers)))
 
 
 def _run_workers(job: _Job, data: TuneData | Callable[[], TuneData], n_workers: int) -> None:

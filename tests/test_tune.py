@@ -1,10 +1,18 @@
-"""Optuna tuning of the fusion head on small synthetic features: workers, resume, SIGKILL, export, report, dashboard."""
+"""Optuna tuning of the fusion head on small synthetic features: workers, resume, SIGKILL, export, report, dashboard.
+
+Two tests need services that `.ci/run` provides: a PostgreSQL server (its SQLAlchemy URL in
+``HYBRIDCXR_TEST_POSTGRES_URL``) and Debian's headless Chromium. Elsewhere they skip with the reason; under
+``CI=true`` they fail instead, so CI cannot pass without running them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +20,7 @@ import sys
 import textwrap
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +48,7 @@ from hybridcxr.tune import (
     suggest,
     tune_settings,
     wait_until_up,
+    worker_threads,
     write_study_report,
 )
 
@@ -48,6 +58,17 @@ TUNE = {"epochs": 5, "patience": 5, "warmup_epochs": 2, "startup_trials": 2, "he
         "grace_period": 3, "study": "test-fusion"}
 BASE = {"device": "cpu"}
 N = 6
+POSTGRES_ENV = "HYBRIDCXR_TEST_POSTGRES_URL"
+#: Debian's chromium, headless, with nothing that reaches out to the network; a fresh profile is appended.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+def missing_service(reason: str) -> None:
+    """Skip with ``reason``; under CI (``CI=true``) fail instead, so a CI run cannot pass without the test."""
+    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason} [CI={os.environ['CI']}: a missing service fails the run]", pytrace=False)
+    pytest.skip(reason)
 
 
 def synthetic_split(n: int, rng: np.random.Generator, prefix: str) -> SplitData:
@@ -108,7 +129,7 @@ def test_space_labels_decode_to_classifier_overrides():
     space = load_space(tune_settings())
     trial = optuna.trial.FixedTrial({"lr": 3e-3, "weight_decay": 1e-5, "hidden": "512-128", "dropout": 0.1,
                                      "layer_norm": True, "groups": "cnn+age+sex", "pos_weight": "sqrt-inverse",
-                                     "loss": "focal", "batch_size": 32})
+                                     "loss": "focal", "batch_size": 128})
     overrides = suggest(trial, space)
     assert overrides["hidden"] == [512, 128] and overrides["groups"] == ["cnn", "age", "sex"]
     assert overrides["pos_weight"] == "sqrt-inverse" and overrides["layer_norm"] is True
@@ -156,6 +177,12 @@ def test_two_workers_fill_the_study_and_a_rerun_continues_it(two_workers, data):
     before = [(t.number, t.state) for t in study.trials]
     run_tune(data, out, trials=N + 3, tune_config=TUNE, base_config=classifier_config(BASE))
     assert [(t.number, t.state) for t in load(url).trials] == before
+
+
+def test_workers_share_the_cores_out_as_torch_threads():
+    cores = len(os.sched_getaffinity(0))
+    assert worker_threads(1) == cores and worker_threads(cores) == 1 and worker_threads(10 * cores) == 1
+    assert worker_threads(2) == max(1, cores // 2)
 
 
 KILL_SCRIPT = """
@@ -224,6 +251,47 @@ def test_sigkilled_trial_becomes_fail_and_the_rerun_completes(tmp_path, data, ca
     assert len(study.trials) == 5
 
 
+# -- PostgreSQL storage -------------------------------------------------------------------------------------
+@pytest.fixture
+def postgres_url() -> str:
+    """The SQLAlchemy URL of a PostgreSQL database the test may write to (``.ci/run`` starts a server)."""
+    url = os.environ.get(POSTGRES_ENV, "").strip()
+    if not url:
+        missing_service(f"no PostgreSQL server: set {POSTGRES_ENV} (.ci/run starts one)")
+    return url
+
+
+@pytest.mark.slow
+def test_a_study_on_postgresql_with_two_workers_and_a_resume(postgres_url, tmp_path, data):
+    """The same code path as on SQLite (`hybridcxr tune --storage postgresql+psycopg://...`): two worker
+    processes fill the study in the server, a second run continues it; the study is dropped afterwards."""
+    name = f"test-fusion-pg-{uuid.uuid4().hex[:12]}"  # never collides with an earlier or concurrent run
+    try:
+        run_tune(data, tmp_path, trials=N, storage=postgres_url, study_name=name, workers=2, tune_config=TUNE,
+                 base_config=classifier_config(BASE))
+        assert name in optuna.get_all_study_names(postgres_url)
+        assert not (tmp_path / "study.db").exists(), "the study went to SQLite, not to PostgreSQL"
+        study = load(postgres_url, name)
+        finished = study.get_trials(deepcopy=False, states=FINISHED)
+        assert N <= len(finished) <= N + 1 and len(finished) == len(study.trials), [t.state for t in study.trials]
+        assert_numbers_consecutive(study)
+        assert all(t.intermediate_values and t.user_attrs["config"]["epochs"] == TUNE["epochs"] for t in finished)
+
+        total = len(finished) + 2
+        run_tune(data, tmp_path, trials=total, storage=postgres_url, study_name=name, tune_config=TUNE,
+                 base_config=classifier_config(BASE))
+        study = load(postgres_url, name)
+        assert len(study.get_trials(deepcopy=False, states=FINISHED)) == total == len(study.trials)
+        assert_numbers_consecutive(study)
+        assert export_best(study, tmp_path, classifier_config(BASE)).is_file()
+    finally:
+        storage = open_storage(postgres_url, None, None)
+        if name in optuna.get_all_study_names(storage):
+            optuna.delete_study(study_name=name, storage=storage)
+        storage.engine.dispose()
+    assert name not in optuna.get_all_study_names(postgres_url)
+
+
 # -- results -------------------------------------------------------------------------------------------------
 def test_export_best_is_a_full_classifier_config_that_reproduces_the_trial(two_workers, data, tmp_path):
     _, url = two_workers
@@ -288,6 +356,72 @@ def test_dashboard_serves_the_study_on_localhost(two_workers):
         process.terminate()
         process.wait(timeout=20)
     assert process.returncode is not None
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Debian's chromium (``HYBRIDCXR_TEST_CHROMIUM`` may name another build); checked before the study is made."""
+    path = os.environ.get("HYBRIDCXR_TEST_CHROMIUM") or shutil.which("chromium")
+    if not path:
+        missing_service("no Chromium: install Debian's chromium (.ci/run does: apt-get install chromium)")
+    return path
+
+
+@pytest.mark.slow
+def test_headless_chromium_renders_the_dashboard_with_the_study(chromium, two_workers, tmp_path):
+    """`hybridcxr dashboard`, rendered by a real browser: optuna-dashboard is a React app, so the study's name is
+    only in the page once its JavaScript ran and fetched the study list. The server is stopped by its PID (the
+    one the command prints), and the command then exits."""
+    _, url = two_workers
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "250"}  # the pid line at once, on one line
+    command = [sys.executable, "-m", "hybridcxr.cli", "dashboard", "--storage", url, "--port", str(port)]
+    cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    server_pid = None
+    try:
+        lines = []
+        for line in cli.stdout:  # the command prints its address and the server's PID once the server answers
+            lines.append(line)
+            match = re.search(r"Optuna dashboard: (\S+) \(pid (\d+);", line)
+            if match:
+                address, server_pid = match[1], int(match[2])
+                break
+        assert server_pid is not None, "".join(lines)[-3000:]
+        assert address == dashboard_url(port=port) and server_pid != cli.pid
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(address, timeout=10) as response:
+            assert b"test-fusion" not in response.read()  # not in the served HTML: only in the rendered DOM
+        profile = tmp_path / "chromium-profile"
+        profile.mkdir()
+        browser = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
+                                    "--virtual-time-budget=15000", address],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            dom, errors = browser.communicate(timeout=120)
+        finally:
+            if browser.poll() is None:  # hung: stop its process group (renderers included)
+                os.killpg(browser.pid, signal.SIGKILL)
+                browser.wait()
+        assert browser.returncode == 0, errors.decode(errors="replace")[-3000:]
+        page = dom.decode()
+        assert "<html" in page and "test-fusion" in page, page[-3000:]
+
+        os.kill(server_pid, signal.SIGTERM)  # the server, by its PID
+        assert cli.wait(timeout=30) == 0  # `hybridcxr dashboard` returns once its server is gone
+    finally:
+        if cli.poll() is None:
+            if server_pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(server_pid, signal.SIGKILL)
+            cli.kill()
+            cli.wait()
+        cli.stdout.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(server_pid, 0)  # gone (the command reaped it)
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the dashboard's port still answers"
 
 
 def test_load_tune_data_reads_a_prepared_dataset_and_its_cache(tmp_path):
