@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 from _baseline import best_baseline_seconds
+from run_real import run_nih
 
 REPO = Path(__file__).resolve().parents[1]
 NIH = REPO.parent / "shared" / "data" / "nih"
@@ -59,21 +60,11 @@ def run(cmd: list[str]) -> None:
 
 
 def nih(args: argparse.Namespace) -> Path:
-    """Prepare, train and evaluate on the real NIH samples; returns the classifier run folder."""
+    """Prepare, train and evaluate on the real NIH samples (as tools/run_real.py); returns the classifier run."""
     out = Path(args.out)
-    cli = [sys.executable, "-m", "hybridcxr.cli"]
-    prepared, det, cls = out / "nih-prepared", out / "nih-detector", out / "nih-classifier"
-    if not (prepared / "manifest.csv").is_file():
-        run([*cli, "prepare", "nih", "--root", str(NIH), "--out", str(prepared), "--size", "512",
-             "--labels", str(NIH / "nih_labels.csv"), "--boxes", str(NIH / "nih_bbox_list.csv"), "--extra-boxes", str(NIH / "chestx_det10_boxes.json"), "--no-progress"])
-    if not (det / "weights" / "best.json").is_file():
-        run([*cli, "train", "detector", "--data", str(prepared), "--out", str(det), "--epochs", str(args.det_epochs),
-             "--imgsz", "320", "batch=16"])
-    if not (cls / "model" / "card.json").is_file():
-        run([*cli, "train", "classifier", "--data", str(prepared), "--detector", str(det), "--out", str(cls),
-             "--no-progress"])
-    run([*cli, "evaluate", "classifier", "--model", str(cls), "--data", str(prepared), "--split", "test",
-         "--out", str(out / "nih-report"), "--no-progress"])
+    prepared, _, cls, _ = run_nih(out, args.det_epochs)
+    run([sys.executable, "-m", "hybridcxr.cli", "evaluate", "classifier", "--model", str(cls), "--data",
+         str(prepared), "--split", "test", "--out", str(out / "nih-report"), "--no-progress"])
     print((out / "nih-report" / "report.md").read_text())
     return cls
 
