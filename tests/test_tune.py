@@ -28,6 +28,7 @@ import optuna
 import pytest
 import sqlalchemy.exc
 import yaml
+from _services import CHROMIUM_FLAGS, missing_service
 from optuna.trial import TrialState
 
 from hybridcxr.classify.cache import FeatureCache
@@ -59,18 +60,6 @@ TUNE = {"epochs": 5, "patience": 5, "warmup_epochs": 2, "startup_trials": 2, "he
 BASE = {"device": "cpu"}
 N = 6
 POSTGRES_ENV = "HYBRIDCXR_TEST_POSTGRES_URL"
-#: Debian's chromium, headless, with nothing that reaches out to the network; a fresh profile is appended.
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
-
-
-def missing_service(reason: str) -> None:
-    """Skip with ``reason``; under CI (``CI=true``) fail instead, so a CI run cannot pass without the test."""
-    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} [CI={os.environ['CI']}: a missing service fails the run]", pytrace=False)
-    pytest.skip(reason)
-
-
 def synthetic_split(n: int, rng: np.random.Generator, prefix: str) -> SplitData:
     """``n`` images: 16-d yolo and 32-d cnn features, the first three dims of each shifted by the labels."""
     labels = (rng.random((n, len(FINDINGS))) < [0.35, 0.25, 0.2]).astype(float)

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from _services import CHROMIUM_FLAGS, missing_service
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
+CHROMIUM_ARGS = [*CHROMIUM_FLAGS, "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +27,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def sync_playwright():
     if not CHROMIUM.is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian package chromium)")
+        missing_service(f"no Chromium at {CHROMIUM} (Debian package chromium; .ci/run installs it)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("the playwright package is not installed (pip install -e '.[test]')")
+        missing_service("the playwright package is not installed (pip install -e '.[test]')")
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     return sync_playwright
 
