@@ -175,7 +175,8 @@ def test_workers_share_the_cores_out_as_torch_threads():
 
 
 KILL_SCRIPT = """
-import importlib.util, sys, time
+import importlib.util, os, sys, time
+sys.path.insert(0, os.path.dirname({test_file!r}))  # the helpers beside the test module (_services)
 spec = importlib.util.spec_from_file_location("tune_test", {test_file!r})
 tests = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tests)
