@@ -25,7 +25,6 @@ Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 (CC BY 4.0). See datasets/pneumonia.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pandas as pd
 
