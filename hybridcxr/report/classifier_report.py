@@ -1,7 +1,8 @@
 """One report folder for a classifier's evaluation: Markdown for people, CSVs for programs, PNGs for eyes.
 
 Every number in it names the split it came from. AUROCs carry percentile bootstrap 95% confidence
-intervals (images resampled, :func:`~hybridcxr.report.metrics.bootstrap_auroc_ci`), decisions are scored at
+intervals (patients resampled where their ids are given, else images:
+:func:`~hybridcxr.report.metrics.bootstrap_auroc_ci`), decisions are scored at
 the thresholds stored with the model (chosen on validation data, never on the split being reported), and
 AUROC is broken down by sex and age band because a model that works for one group of patients only is not
 a model a hospital should deploy.
@@ -146,7 +147,7 @@ def write_classifier_report(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)  # undefined AUROCs are listed in the report instead
-        ci = bootstrap_auroc_ci(yt, ys, names, n_boot=n_boot, seed=seed, macro=True)
+        ci = bootstrap_auroc_ci(yt, ys, names, n_boot=n_boot, seed=seed, macro=True, groups=patient_ids)
         micro = micro_auroc(yt, ys)
         subgroups = subgroup_auroc(yt, ys, names, sex, age_years)
     at = threshold_metrics(yt, ys, thresholds, names)
@@ -239,9 +240,12 @@ def _summary(title: str, split: str, n: int, patient_ids, names: list[str], per_
     if split.strip().lower() in _VALIDATION_SPLITS:
         lines.append(f"- **Caution:** split '{split}' is where thresholds are usually chosen; if they were, "
                      "precision, recall, specificity and F1 below are optimistic")
-    lines.append(f"- 95% CIs: percentile bootstrap, {n_boot} resamples of images (seed {seed})"
-                 + ("; several images of one patient are resampled independently, so intervals may be "
-                    "somewhat narrow" if patients is not None and patients < n else ""))
+    if patients is not None:
+        lines.append(f"- 95% CIs: percentile cluster bootstrap, {n_boot} resamples of patients, each with all its "
+                     f"images (seed {seed})")
+    else:
+        lines.append(f"- 95% CIs: percentile bootstrap, {n_boot} resamples of images (seed {seed}); patients not "
+                     "given, so several images of one patient would be resampled independently")
     return lines
 
 

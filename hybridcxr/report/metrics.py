@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -86,11 +86,13 @@ def micro_auroc(y_true: np.ndarray, y_score: np.ndarray) -> float:
 
 
 def bootstrap_auroc_ci(y_true: np.ndarray, y_score: np.ndarray, findings: Sequence[str], n_boot: int = 1000,
-                       seed: int = 0, alpha: float = 0.05, macro: bool = False) -> pd.DataFrame:
-    """Per-finding AUROC with a percentile bootstrap confidence interval over images.
+                       seed: int = 0, alpha: float = 0.05, macro: bool = False,
+                       groups: Sequence[Any] | None = None) -> pd.DataFrame:
+    """Per-finding AUROC with a percentile bootstrap confidence interval over images (or patients).
 
     Each resample draws ``N`` images with replacement (the same draw for every finding, keeping their
-    correlation). Resample AUROCs are computed from the draw counts without materialising the resample:
+    correlation). With ``groups`` (e.g. patient ids) it draws groups instead, each drawn group bringing all
+    its images: the cluster bootstrap, which keeps the intervals honest where a patient has several images. Resample AUROCs are computed from the draw counts without materialising the resample:
     per finding the scores are sorted once, and each resample's Mann-Whitney statistic is a weighted sum over
     the tied-score groups, which equals ``roc_auc_score`` on the resampled rows.
 
@@ -103,6 +105,7 @@ def bootstrap_auroc_ci(y_true: np.ndarray, y_score: np.ndarray, findings: Sequen
         alpha: 1 - confidence level (0.05: 95 % intervals).
         macro: also add a row ``"macro"``: the macro AUROC, with resamples counted only where every finding
             defined on the full data is defined.
+        groups: ``N`` group labels (patients); None resamples images.
 
     Returns:
         Columns ``finding, auroc, ci_low, ci_high, n_pos, n_neg, n_boot`` (``n_boot``: resamples that
@@ -117,12 +120,21 @@ def bootstrap_auroc_ci(y_true: np.ndarray, y_score: np.ndarray, findings: Sequen
     n, n_classes = yt.shape
     boots = np.full((n_boot, n_classes), np.nan)
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        if len(groups) != n:
+            raise ValueError(f"{len(groups)} group labels for {n} rows of scores")
+        group_of = pd.factorize(pd.Series(list(groups), dtype=object).astype(str))[0]
+        n_units = int(group_of.max()) + 1 if n else 0
+    else:
+        group_of, n_units = None, n
     chunk = max(1, _BOOTSTRAP_CELLS // max(n, 1))
     for start in range(0, n_boot, chunk):
         size = min(chunk, n_boot - start)
-        draws = rng.integers(0, n, size=(size, n))
-        counts = np.bincount((draws + n * np.arange(size)[:, None]).ravel(), minlength=size * n)
-        counts = counts.reshape(size, n).astype(np.float64)
+        draws = rng.integers(0, n_units, size=(size, n_units))
+        counts = np.bincount((draws + n_units * np.arange(size)[:, None]).ravel(), minlength=size * n_units)
+        counts = counts.reshape(size, n_units).astype(np.float64)
+        if group_of is not None:  # every image counts as often as its group was drawn
+            counts = counts[:, group_of]
         for c in range(n_classes):
             if not np.isnan(point.iloc[c]):
                 boots[start:start + size, c] = _weighted_auroc(ys[:, c], yt[:, c], counts)

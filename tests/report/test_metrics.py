@@ -284,3 +284,30 @@ def _confusion(truth: np.ndarray, called: np.ndarray) -> tuple[int, int, int, in
     truth, called = truth.astype(bool), called.astype(bool)
     return (int((~truth & ~called).sum()), int((~truth & called).sum()), int((truth & ~called).sum()),
             int((truth & called).sum()))
+
+
+def test_cluster_bootstrap_with_one_image_per_patient_is_the_image_bootstrap():
+    rng = np.random.default_rng(3)
+    y = (rng.random((60, 2)) < 0.4).astype(float)
+    s = rng.random((60, 2)) + y
+    plain = bootstrap_auroc_ci(y, s, ["a", "b"], n_boot=200, seed=1)
+    grouped = bootstrap_auroc_ci(y, s, ["a", "b"], n_boot=200, seed=1, groups=[f"p{i}" for i in range(60)])
+    pd.testing.assert_frame_equal(plain, grouped)
+
+
+def test_cluster_bootstrap_resamples_patients_with_all_their_images():
+    """Each patient imaged twice (identical rows): resampling patients gives exactly the intervals of one image
+    per patient, while resampling images treats the copies as independent evidence and narrows them."""
+    rng = np.random.default_rng(4)
+    y = (rng.random((50, 1)) < 0.4).astype(float)
+    s = rng.normal(size=(50, 1)) + 0.8 * y
+    once = bootstrap_auroc_ci(y, s, ["a"], n_boot=400, seed=2)
+    twice_y, twice_s = np.repeat(y, 2, axis=0), np.repeat(s, 2, axis=0)
+    patients = np.repeat([f"p{i}" for i in range(50)], 2)
+    clustered = bootstrap_auroc_ci(twice_y, twice_s, ["a"], n_boot=400, seed=2, groups=patients)
+    naive = bootstrap_auroc_ci(twice_y, twice_s, ["a"], n_boot=400, seed=2)
+    assert np.allclose(clustered[["auroc", "ci_low", "ci_high"]], once[["auroc", "ci_low", "ci_high"]])
+    width = lambda t: float(t["ci_high"].iloc[0] - t["ci_low"].iloc[0])  # noqa: E731
+    assert width(naive) < 0.85 * width(clustered)
+    with pytest.raises(ValueError, match="group labels"):
+        bootstrap_auroc_ci(y, s, ["a"], groups=["p"] * 3)
