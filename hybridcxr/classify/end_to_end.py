@@ -10,8 +10,6 @@ On a CPU it runs too (slowly): that is how the tests check it.
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,9 +20,9 @@ from torch import nn
 
 from hybridcxr.classify.backbone import Backbone, to_backbone_input
 from hybridcxr.classify.fusion import FusionConfig, FusionHead
-from hybridcxr.classify.train import HeadResult, SplitData, _resume, _save_state, choose_device, loss_fn
+from hybridcxr.classify.train import HeadResult, SplitData, choose_device, end_epoch, loss_fn, start_run
 from hybridcxr.progress import progress_bar
-from hybridcxr.report.metrics import macro_auroc, pos_weight
+from hybridcxr.report.metrics import pos_weight
 
 
 class _Images(torch.utils.data.Dataset):
@@ -98,13 +96,10 @@ def train_end_to_end(
         inputs.pop("cnn", None)
         return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
 
-    state = _resume(checkpoint, config, model, optimizer, scheduler)
-    history: list[dict[str, float]] = state.get("history", [])
-    best_auroc, best_epoch = state.get("best_auroc", -math.inf), state.get("best_epoch", 0)
-    best_state = state.get("best_state") or {k: v.detach().clone() for k, v in model.state_dict().items()}
+    run = start_run(checkpoint, config, model, optimizer, scheduler)
     labels = torch.as_tensor(np.nan_to_num(train.labels), dtype=torch.float32)
     val_labels = torch.as_tensor(np.nan_to_num(val.labels), dtype=torch.float32)
-    for epoch in range(len(history) + 1, int(config["epochs"]) + 1):
+    for epoch in range(len(run.history) + 1, int(config["epochs"]) + 1):
         model.train()
         total, seen = 0.0, 0
         with progress_bar(len(train_paths), f"fine-tuning, epoch {epoch}", progress) as advance:
@@ -127,23 +122,13 @@ def train_end_to_end(
                 logits = model(images.to(device), rest(val, rows)).float()
                 val_loss += float(criterion(logits, val_labels[rows].to(device))) * len(rows)
                 scores[rows.numpy()] = torch.sigmoid(logits).cpu().numpy()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            auroc = macro_auroc(val.labels, scores, findings)
-        auroc = float(auroc) if np.isfinite(auroc) else 0.5
-        scheduler.step(auroc)
-        history.append({"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss / max(len(val_paths), 1),
-                        "val_macro_auroc": auroc, "lr": optimizer.param_groups[1]["lr"]})
-        if auroc > best_auroc:
-            best_auroc, best_epoch = auroc, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if checkpoint is not None:
-            _save_state(checkpoint, config, model, optimizer, scheduler, history, best_auroc, best_epoch, best_state)
-        if epoch - best_epoch >= int(config["patience"]):
+        run = end_epoch(run, epoch, model, optimizer, scheduler, config, checkpoint, findings, val.labels, scores,
+                        total / max(seen, 1), val_loss / max(len(val_paths), 1))
+        if epoch - run.best_epoch >= int(config["patience"]):
             break
-    model.load_state_dict(best_state)
+    model.load_state_dict(run.best_state)
     model = model.cpu().eval()
     import pandas as pd
 
-    return model.backbone, HeadResult(model.head, pd.DataFrame(history), float(best_auroc), int(best_epoch))
+    return model.backbone, HeadResult(model.head, pd.DataFrame(run.history), float(run.best_auroc), int(run.best_epoch))
 

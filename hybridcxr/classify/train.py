@@ -127,13 +127,10 @@ def train_head(
     x_val = {k: v.to(device) for k, v in val.inputs(fusion).items()}
     y_val = torch.as_tensor(np.nan_to_num(val.labels), dtype=torch.float32, device=device)
 
-    state = _resume(checkpoint, config, head, optimizer, scheduler)
-    history: list[dict[str, float]] = state.get("history", [])
-    best_auroc, best_epoch = state.get("best_auroc", -math.inf), state.get("best_epoch", 0)
-    best_state = state.get("best_state") or {k: v.detach().clone() for k, v in head.state_dict().items()}
+    run = start_run(checkpoint, config, head, optimizer, scheduler)
     batch = int(config["batch_size"])
     n = len(y_train)
-    for epoch in range(len(history) + 1, int(config["epochs"]) + 1):
+    for epoch in range(len(run.history) + 1, int(config["epochs"]) + 1):
         head.train()
         order = torch.as_tensor(rng.permutation(n), device=device)
         total = 0.0
@@ -148,25 +145,52 @@ def train_head(
         with torch.inference_mode():
             val_logits = head(x_val)
             val_loss = float(criterion(val_logits, y_val))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a finding absent from a small validation split: NaN, left out
-            auroc = macro_auroc(val.labels, torch.sigmoid(val_logits).cpu().numpy(), findings)
-        auroc = float(auroc) if np.isfinite(auroc) else 0.5
-        scheduler.step(auroc)
-        history.append({"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss,
-                        "val_macro_auroc": auroc, "lr": optimizer.param_groups[0]["lr"]})
-        if auroc > best_auroc:
-            best_auroc, best_epoch = auroc, epoch
-            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-        if checkpoint is not None:
-            _save_state(checkpoint, config, head, optimizer, scheduler, history, best_auroc, best_epoch, best_state)
+        run = end_epoch(run, epoch, head, optimizer, scheduler, config, checkpoint, findings, val.labels,
+                        torch.sigmoid(val_logits).cpu().numpy(), total / max(n, 1), val_loss)
         if callback is not None:
-            callback(epoch, auroc)
-        if epoch - best_epoch >= int(config["patience"]):
+            callback(epoch, run.history[-1]["val_macro_auroc"])
+        if epoch - run.best_epoch >= int(config["patience"]):
             break
-    head.load_state_dict(best_state)
+    head.load_state_dict(run.best_state)
     head.eval()
-    return HeadResult(head.cpu(), pd.DataFrame(history), float(best_auroc), int(best_epoch))
+    return HeadResult(head.cpu(), pd.DataFrame(run.history), float(run.best_auroc), int(run.best_epoch))
+
+
+@dataclass
+class RunState:
+    """Where a training run stands: the per-epoch history and the best epoch so far (with its weights)."""
+
+    history: list[dict[str, float]]
+    best_auroc: float
+    best_epoch: int
+    best_state: dict[str, Any]
+
+
+def start_run(checkpoint: Path | None, config: Mapping[str, Any], model, optimizer, scheduler) -> RunState:
+    """A fresh run, or the one ``checkpoint`` holds for the same config (model and optimizer restored)."""
+    state = _resume(checkpoint, config, model, optimizer, scheduler)
+    return RunState(state.get("history", []), state.get("best_auroc", -math.inf), state.get("best_epoch", 0),
+                    state.get("best_state") or {k: v.detach().clone() for k, v in model.state_dict().items()})
+
+
+def end_epoch(run: RunState, epoch: int, model, optimizer, scheduler, config: Mapping[str, Any],
+              checkpoint: Path | None, findings: tuple[str, ...], val_labels: np.ndarray, val_scores: np.ndarray,
+              train_loss: float, val_loss: float) -> RunState:
+    """Score the epoch (validation macro AUROC), step the scheduler, keep the best weights, checkpoint."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a finding absent from a small validation split: NaN, left out
+        auroc = macro_auroc(val_labels, val_scores, findings)
+    auroc = float(auroc) if np.isfinite(auroc) else 0.5
+    scheduler.step(auroc)
+    run.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_macro_auroc": auroc,
+                        "lr": optimizer.param_groups[-1]["lr"]})
+    if auroc > run.best_auroc:
+        run.best_auroc, run.best_epoch = auroc, epoch
+        run.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if checkpoint is not None:
+        _save_state(checkpoint, config, model, optimizer, scheduler, run.history, run.best_auroc, run.best_epoch,
+                    run.best_state)
+    return run
 
 
 def predict_head(head: FusionHead, data: SplitData) -> np.ndarray:
