@@ -105,7 +105,7 @@ def write_overlay(folder: Path, radiograph: Radiograph, *, dicom: bool = False, 
         from hybridcxr.viz.dicom_export import export_secondary_capture, source_patient_id
 
         export_secondary_capture(rgb, radiograph, folder / f"{radiograph.image_id}.dcm",
-                                 patient_id=source_patient_id(radiograph.meta.path))
+                                 patient_id=source_patient_id(radiograph.meta.path) if radiograph.meta.study_uid else None)
     return png
 
 

@@ -40,10 +40,15 @@ class _Images(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(decode_image(self.paths[i]))), i
 
 
-def _collate(size: int):
-    def collate(items):
-        return torch.cat([to_backbone_input(pixels, size) for pixels, _ in items]), torch.tensor([i for _, i in items])
-    return collate
+class _Collate:
+    """Letterbox a batch of grey images for the CNN (a class, not a closure: DataLoader workers pickle it)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, items):
+        return (torch.cat([to_backbone_input(pixels, self.size) for pixels, _ in items]),
+                torch.tensor([i for _, i in items]))
 
 
 class EndToEnd(nn.Module):
@@ -86,7 +91,7 @@ def train_end_to_end(
                                                            patience=int(config["lr_patience"]))
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     size = int(config["backbone_size"])
-    loader_args = {"batch_size": int(config["e2e_batch_size"]), "collate_fn": _collate(size), "pin_memory": cuda,
+    loader_args = {"batch_size": int(config["e2e_batch_size"]), "collate_fn": _Collate(size), "pin_memory": cuda,
                    "num_workers": int(config["e2e_workers"]) if cuda else 0}
     train_loader = torch.utils.data.DataLoader(_Images(train_paths), shuffle=True, drop_last=False, **loader_args)
     val_loader = torch.utils.data.DataLoader(_Images(val_paths), shuffle=False, **loader_args)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import warnings
 from collections.abc import Callable, Mapping
@@ -341,8 +342,13 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
             [prepared / manifest.at[i, "image"] for i in val.image_ids], findings, config,
             checkpoint=out / "checkpoint", progress=progress)
         backbone = backbone.to(detector.device)
-        with atomic_path(backbone_file) as tmp:
+        # The tuned CNN replaces RUN/backbone.safetensors only once the run is complete (below), so a run killed
+        # while re-caching resumes from the CNN its starting features came from; a partial final cache from
+        # such a run was made by another CNN and is dropped.
+        tuned_file = out / "checkpoint" / "backbone-tuned.safetensors"
+        with atomic_path(tuned_file) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}, str(tmp))
+        shutil.rmtree(out / "features", ignore_errors=True)
         cache = cache_features(prepared, detector, backbone, out / "features", progress)
         val = load_split_data(prepared, cache, findings, "val")
     else:
@@ -370,5 +376,7 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
         "data": {"prepared": str(prepared), "source": summary.get("source"),
                  "images_per_split": summary.get("images_per_split"), "grouped_by": summary.get("grouped_by")},
     }
+    if end_to_end:
+        os.replace(out / "checkpoint" / "backbone-tuned.safetensors", backbone_file)
     save_checkpoint(out / "model", result.head, card=card)
     return json.loads((out / "model" / "card.json").read_text())

@@ -123,7 +123,9 @@ def bootstrap_auroc_ci(y_true: np.ndarray, y_score: np.ndarray, findings: Sequen
     if groups is not None:
         if len(groups) != n:
             raise ValueError(f"{len(groups)} group labels for {n} rows of scores")
-        group_of = pd.factorize(pd.Series(list(groups), dtype=object).astype(str))[0]
+        group_of = pd.factorize(pd.Series(list(groups), dtype=object))[0]
+        missing = group_of < 0  # no id: the image is its own cluster
+        group_of[missing] = group_of.max(initial=-1) + 1 + np.arange(int(missing.sum()))
         n_units = int(group_of.max()) + 1 if n else 0
     else:
         group_of, n_units = None, n

@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from hybridcxr import __version__
 from hybridcxr.serve import schema
 from hybridcxr.serve.results import overlay_png
-from hybridcxr.serve.service import DEFAULT_MAX_UPLOAD_BYTES, AnalysisService
+from hybridcxr.serve.service import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, AnalysisService
 from hybridcxr.serve.uploads import MULTIPART_SLACK, ServiceError, UploadLimit, error_response
 
 API_KEY_ENV = "HYBRIDCXR_API_KEY"
@@ -51,7 +51,7 @@ log = logging.getLogger("hybridcxr.serve")
 
 
 def create_app(run: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, api_key: str | None = None,
-               device: str | None = None, cache_size: int = 256) -> FastAPI:
+               device: str | None = None, cache_size: int = 256, max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
     """Load a classifier run once and return the service's FastAPI app.
 
     Args:
@@ -61,11 +61,13 @@ def create_app(run: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BY
             ``X-API-Key`` equal to it; ``/``, ``/healthz`` and the docs stay open (they hold no patient data).
         device: cpu, cuda or cuda:N [CUDA when available].
         cache_size: analyses whose overlays stay available (least recently used dropped first).
+        max_pixels: images whose header claims more pixels get 422 before they are decoded.
 
     Raises:
         InputError: ``run`` is not a usable classifier run folder.
     """
-    service = AnalysisService(run, device=device, max_upload_bytes=max_upload_bytes, cache_size=cache_size)
+    service = AnalysisService(run, device=device, max_upload_bytes=max_upload_bytes, cache_size=cache_size,
+                              max_pixels=max_pixels)
     key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV)) or None  # "": no key
     viewer = (files("hybridcxr") / "assets" / "viewer.html").read_text(encoding="utf-8")
 
@@ -124,7 +126,7 @@ class ApiKeyGuard:
         self.app, self.key = app, key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and _route_path(scope).startswith("/v1/"):
             given = dict(scope.get("headers", [])).get(API_KEY_HEADER.lower().encode())
             if given is None or not hmac.compare_digest(given, self.key):
                 log.info("refused %s %s: no valid API key", scope["method"], scope["path"][:80])
@@ -132,6 +134,13 @@ class ApiKeyGuard:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: without the mount point or ``--root-path`` prefix (else a key check on the
+    full path could be bypassed by mounting the app under a prefix)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
 
 
 def configure_logging(level: int = logging.INFO) -> None:

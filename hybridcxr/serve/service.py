@@ -38,19 +38,25 @@ log = logging.getLogger("hybridcxr.serve")
 
 DEFAULT_MAX_UPLOAD_BYTES = 50 * MIB
 _SUFFIX = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg"}
+#: Largest image accepted, in pixels: a chest radiograph has 4-12 million; a small compressed file can claim far
+#: more (a 140 KB PNG of 12000 x 12000 zeros decodes to 0.6 GB), so the header is checked before decoding.
+DEFAULT_MAX_PIXELS = 64_000_000
+MIN_SIDE = 64  # smaller "images" are no radiograph a model should score
 
 
 class AnalysisService:
     """Load a classifier run once; analyze uploads into JSON records; keep the last ``cache_size`` for overlays."""
 
     def __init__(self, run: str | Path, *, device: str | None = None,
-                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, cache_size: int = 256) -> None:
+                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, cache_size: int = 256,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         from hybridcxr.pipeline import Analyzer
 
         if max_upload_bytes < 1:
             raise ValueError(f"max_upload_bytes must be positive, not {max_upload_bytes}")
         self.analyzer = Analyzer(run, device=device)
         self.max_upload_bytes = max_upload_bytes
+        self.max_pixels = max_pixels
         self.results = ResultStore(cache_size)
         self.model = model_info(self.analyzer.card, self.analyzer.detector.card)
         self._lock = threading.Lock()
@@ -77,6 +83,7 @@ class AnalysisService:
             with tempfile.TemporaryDirectory(prefix="hybridcxr-serve-") as folder:
                 path = Path(folder) / f"{analysis_id}{_SUFFIX[kind]}"
                 size = _copy_limited(upload, path, self.max_upload_bytes)
+                _check_pixels(path, kind, self.max_pixels)
                 radiograph = _decode(path)
         except ServiceError as err:
             log.info("rejected %s: %d %s", analysis_id, err.status_code, err.code)
@@ -185,6 +192,30 @@ def _copy_limited(upload: IO[bytes], path: Path, limit: int) -> int:
     return size
 
 
+def _check_pixels(path: Path, kind: str, max_pixels: int) -> None:
+    """422 before decoding where the header claims more than ``max_pixels`` or a side under MIN_SIDE."""
+    try:
+        if kind == "dicom":
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["Rows", "Columns"])
+            height, width = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+            if not height or not width:
+                return  # no pixel description: the decoder names the problem
+        else:
+            from PIL import Image
+
+            with Image.open(path) as image:  # reads the header only
+                width, height = image.size
+    except Exception:  # noqa: BLE001 - an unreadable header: the decoder says what is wrong
+        return
+    if width * height > max_pixels:
+        raise ServiceError(422, "too_many_pixels", f"the image claims {width} x {height} pixels, more than the "
+                                                   f"{max_pixels:,} this service decodes")
+    if min(width, height) < MIN_SIDE:
+        raise ServiceError(422, "not_a_radiograph", f"not a chest radiograph: {width} x {height} pixels is too small")
+
+
 def _decode(path: Path) -> Radiograph:
     """Read the radiograph; every failure becomes a 422 that names the problem, never the temporary path."""
     from hybridcxr.io import read_radiograph
@@ -206,4 +237,4 @@ def _decode(path: Path) -> Radiograph:
         raise ServiceError(422, "undecodable", f"cannot decode the file ({type(err).__name__})") from None
 
 
-__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "AnalysisService", "model_info", "parse_demographics"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_BYTES", "AnalysisService", "model_info", "parse_demographics"]

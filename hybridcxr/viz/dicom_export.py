@@ -98,7 +98,7 @@ def source_patient_id(path: str | Path) -> str | None:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["PatientID"])
     except Exception:  # noqa: BLE001 - not a DICOM (PNG, JPEG): no Patient ID
         return None
     value = str(ds.get("PatientID", "") or "").strip()

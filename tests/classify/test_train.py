@@ -179,3 +179,16 @@ def test_end_to_end_mode_fine_tunes_the_cnn_and_leaves_a_consistent_run(tiny_det
     paths = [folder / "prepared" / p for p in manifest["image"][:3]]
     results = list(analyzer.analyze_paths(paths))
     assert len(results) == 3 and all(0 <= p <= 1 for r in results for p in r.probabilities.values())
+
+
+def test_end_to_end_batches_can_go_to_worker_processes():
+    """DataLoader workers started by spawn or forkserver (Windows, macOS, newer Pythons) pickle the collate."""
+    import pickle
+
+    import torch
+
+    from hybridcxr.classify.end_to_end import _Collate
+
+    collate = pickle.loads(pickle.dumps(_Collate(32)))
+    images, rows = collate([(torch.rand(40, 30), 3), (torch.rand(20, 50), 7)])
+    assert images.shape == (2, 3, 32, 32) and rows.tolist() == [3, 7]

@@ -311,3 +311,15 @@ def test_cluster_bootstrap_resamples_patients_with_all_their_images():
     assert width(naive) < 0.85 * width(clustered)
     with pytest.raises(ValueError, match="group labels"):
         bootstrap_auroc_ci(y, s, ["a"], groups=["p"] * 3)
+
+
+def test_cluster_bootstrap_images_without_a_patient_id_are_their_own_clusters():
+    rng = np.random.default_rng(5)
+    y = (rng.random((40, 1)) < 0.4).astype(float)
+    s = rng.normal(size=(40, 1)) + y
+    plain = bootstrap_auroc_ci(y, s, ["a"], n_boot=100, seed=3)
+    for missing in ([None] * 40, [np.nan] * 40, [f"p{i}" if i % 2 else None for i in range(40)]):
+        grouped = bootstrap_auroc_ci(y, s, ["a"], n_boot=100, seed=3, groups=missing)
+        assert np.isfinite(grouped["ci_low"].iloc[0])
+    all_missing = bootstrap_auroc_ci(y, s, ["a"], n_boot=100, seed=3, groups=[None] * 40)
+    pd.testing.assert_frame_equal(plain, all_missing)

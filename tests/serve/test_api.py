@@ -58,9 +58,9 @@ def phantom_dicom(tiny_detector) -> Path:
 
 
 def post(http: TestClient, path: Path | str, content: bytes | None = None, name: str | None = None,
-         kind: str = "application/octet-stream", **form):
+         kind: str = "application/octet-stream", path_prefix: str = "", **form):
     data = Path(path).read_bytes() if content is None else content
-    return http.post("/v1/analyze", files={"file": (name or Path(path).name, data, kind)}, data=form)
+    return http.post(f"{path_prefix}/v1/analyze", files={"file": (name or Path(path).name, data, kind)}, data=form)
 
 
 def assert_error(response, status: int, code: str | tuple[str, ...], *words: str) -> dict:
@@ -159,6 +159,34 @@ def test_api_key_is_required_when_set(make_app, phantom_dicom, monkeypatch):
     monkeypatch.delenv("HYBRIDCXR_API_KEY")
     with TestClient(make_app(api_key="given")) as http:
         assert post(http, phantom_dicom).status_code == 401
+
+
+def test_api_key_holds_when_the_app_sits_under_a_prefix(make_app, phantom_dicom):
+    with TestClient(make_app(api_key="k"), root_path="/api") as http:  # uvicorn --root-path, or a mount
+        assert_error(post(http, phantom_dicom, path_prefix="/api"), 401, "unauthorized")
+
+
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_images_too_large_or_too_small_get_422_before_decoding(make_app, client, monkeypatch):
+    from hybridcxr.serve import service
+
+    decoded = []
+    monkeypatch.setattr(service, "_decode", lambda path: decoded.append(path))
+    with TestClient(make_app(max_pixels=1_000_000)) as http:
+        big = _png(2000, 1500)  # a few KB of zeros that would decode to 3 million pixels
+        assert len(big) < 50_000
+        assert_error(post(http, "big.png", big, kind="image/png"), 422, "too_many_pixels", "2000 x 1500")
+    assert_error(post(client, "tiny.png", _png(32, 40), kind="image/png"), 422, "not_a_radiograph", "too small")
+    assert not decoded, "the header check runs before the decoder"
 
 
 def test_uploads_over_the_limit_get_413(make_app, phantom_dicom):
