@@ -23,7 +23,7 @@ from hybridcxr.config import load_config
 from hybridcxr.detect.ultralytics_env import cpu_threads, import_ultralytics
 from hybridcxr.detect.weights import export_detector
 from hybridcxr.errors import DatasetError, InputError
-from hybridcxr.files import atomic_path, read_json_or_none
+from hybridcxr.files import atomic_path, read_json_or_none, write_json
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,14 @@ def train_detector(data: str | Path, out: str | Path, config: dict[str, Any] | N
     workers = config["workers"]
     if workers == "auto":
         workers = 8 if device != "cpu" else cpu_threads()
-    if resumed:
+    if resumed and (out / "weights" / DONE_MARKER).is_file():
+        # killed after the last epoch but before the export (ultralytics has stripped last.pt by then and
+        # would refuse to resume it): only the export is left
+        log.info("training in %s had finished; exporting its weights", out)
+    elif resumed:
         log.info("resuming the unfinished run in %s", out)
         model = ultralytics.YOLO(str(last))
+        model.add_callback("on_fit_epoch_end", _mark_training_done)
         model.train(resume=True, device=device, workers=int(workers))
     else:
         model = ultralytics.YOLO(_model_source(config["model"]))
@@ -111,6 +116,7 @@ def train_detector(data: str | Path, out: str | Path, config: dict[str, Any] | N
             "deterministic": True, "project": str(out.parent), "name": out.name, "exist_ok": True,
             "verbose": False, **config["augment"], **config["ultralytics"],
         }
+        model.add_callback("on_fit_epoch_end", _mark_training_done)
         model.train(**args)
     best = out / "weights" / "best.pt"
     if not best.is_file():
@@ -131,6 +137,15 @@ def train_detector(data: str | Path, out: str | Path, config: dict[str, Any] | N
     if len(results):
         plot_training_curves(results, out / "training_curves.png")
     return DetectorRun(out, weights, read_json_or_none(card_path) or card, resumed)
+
+
+DONE_MARKER = "training-done.json"
+
+
+def _mark_training_done(trainer) -> None:
+    """Ultralytics callback: after the epoch that ends training (last or early-stopped), leave a marker."""
+    if trainer.stop:
+        write_json(Path(trainer.save_dir) / "weights" / DONE_MARKER, {"epochs": int(trainer.epoch) + 1})
 
 
 def _model_source(model: str) -> str:

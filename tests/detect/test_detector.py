@@ -227,3 +227,21 @@ def test_killed_training_resumes_from_last_checkpoint(run, tmp_path):
     assert "(resumed)" in done.stdout
     card = json.loads((target / "weights" / "best.json").read_text())
     assert card["epochs_trained"] == 3
+
+
+def test_run_killed_between_its_last_epoch_and_the_export_finishes_on_rerun(tiny_detector, tmp_path):
+    """Ultralytics strips last.pt once training ends; a kill before our export left a run that refused to resume."""
+    import shutil
+
+    from hybridcxr.detect.train import detector_config, train_detector
+
+    _, folder, _ = tiny_detector
+    run = tmp_path / "run"
+    shutil.copytree(folder / "run", run)
+    assert (run / "weights" / "training-done.json").is_file()  # written after the epoch that ended training
+    for name in ("best.json", "best.safetensors"):
+        (run / "weights" / name).unlink()
+    result = train_detector(folder / "prepared", run, detector_config({"epochs": 1, "imgsz": 128, "batch": 8,
+                                                                       "workers": 0}))
+    assert (run / "weights" / "best.json").is_file() and result.resumed
+    assert result.card["epochs_trained"] == 1
