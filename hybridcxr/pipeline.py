@@ -23,7 +23,7 @@ import pandas as pd
 from hybridcxr.detect.metrics import add_no_finding, to_submission
 from hybridcxr.detect.predict import PREDICTION_COLUMNS, Detection, Detector
 from hybridcxr.errors import InputError
-from hybridcxr.files import write_atomic, write_csv, write_json
+from hybridcxr.files import write_csv, write_json
 from hybridcxr.io.radiograph import Radiograph
 from hybridcxr.progress import progress_bar
 
@@ -95,12 +95,10 @@ def write_overlay(folder: Path, radiograph: Radiograph, *, dicom: bool = False, 
     """Draw one overlay (:func:`~hybridcxr.viz.overlay.draw_overlay` keywords) as ``ID.png``; with ``dicom``
     also as the Secondary Capture ``ID.dcm`` in the source's study. Returns the PNG's path.
     """
-    from PIL import Image
-
-    from hybridcxr.viz.overlay import draw_overlay
+    from hybridcxr.viz.overlay import draw_overlay, write_png
 
     rgb = draw_overlay(radiograph, **drawing)
-    png = write_atomic(folder / f"{radiograph.image_id}.png", lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+    png = write_png(folder / f"{radiograph.image_id}.png", rgb)
     if dicom:
         from hybridcxr.viz.dicom_export import export_secondary_capture, source_patient_id
 

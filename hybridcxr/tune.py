@@ -665,8 +665,6 @@ def tune_fusion(data: str | Path, detector: str | Path, out_dir: str | Path, *, 
     """
     from functools import partial
 
-    from safetensors.torch import save_file
-
     from hybridcxr.classify.train import cache_features, open_models
 
     prepared, out = Path(data), Path(out_dir)
@@ -675,8 +673,7 @@ def tune_fusion(data: str | Path, detector: str | Path, out_dir: str | Path, *, 
     config = classifier_config(overrides)
     det, backbone = open_models(detector, config, backbone_file)
     if not backbone_file.is_file():
-        with atomic_path(backbone_file) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}, str(tmp))
+        backbone.save(backbone_file)
     cache_features(prepared, det, backbone, out / "features", progress)
     del det, backbone
     base = {**config, "backbone_weights": str(backbone_file.resolve()), "cache": str((out / "features").resolve())}

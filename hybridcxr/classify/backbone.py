@@ -108,6 +108,15 @@ class Backbone(nn.Module):
             digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
 
+    def save(self, path: str | Path) -> Path:
+        """Write the weights as safetensors (atomically): what :func:`build_backbone` loads back, no pickle."""
+        from safetensors.torch import save_file
+
+        from hybridcxr.files import write_atomic
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        return write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
+
     def load_weights(self, state_dict: Mapping[str, torch.Tensor], source: str | Path) -> None:
         """Load a torchvision-style state_dict (classifier keys ignored) strictly; InputError naming ``source``."""
         cleaned: dict[str, torch.Tensor] = {}

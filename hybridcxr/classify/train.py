@@ -306,8 +306,6 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
 
     Returns the model card.
     """
-    from safetensors.torch import save_file
-
     from hybridcxr.detect.weights import card_path, resolve_weights
 
     config = dict(config or classifier_config())
@@ -319,8 +317,7 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
     backbone_file = out / "backbone.safetensors"
     detector, backbone = open_models(detector_weights, config, backbone_file)
     if not backbone_file.is_file():  # the run keeps the exact CNN its features came from
-        with atomic_path(backbone_file) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}, str(tmp))
+        backbone.save(backbone_file)
     detector_src = resolve_weights(detector_weights)
     (out / "detector").mkdir(exist_ok=True)
     for src, name in ((detector_src, "best.safetensors"), (card_path(detector_src), "best.json")):
@@ -345,9 +342,7 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
         # The tuned CNN replaces RUN/backbone.safetensors only once the run is complete (below), so a run killed
         # while re-caching resumes from the CNN its starting features came from; a partial final cache from
         # such a run was made by another CNN and is dropped.
-        tuned_file = out / "checkpoint" / "backbone-tuned.safetensors"
-        with atomic_path(tuned_file) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}, str(tmp))
+        backbone.save(out / "checkpoint" / "backbone-tuned.safetensors")
         shutil.rmtree(out / "features", ignore_errors=True)
         cache = cache_features(prepared, detector, backbone, out / "features", progress)
         val = load_split_data(prepared, cache, findings, "val")

@@ -18,8 +18,23 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
+def sniff_bytes(head: bytes) -> Format | None:
+    """The format of a file from its first 132 bytes: 'DICM' at offset 128, PNG or JPEG magic; None otherwise.
+
+    >>> sniff_bytes(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(10)), sniff_bytes(b"GIF89a")
+    ('png', None)
+    """
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(_PNG_MAGIC):
+        return "png"
+    if head.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    return None
+
+
 def sniff_format(path: PathType) -> Format | None:
-    """The file's format from its first bytes: 'DICM' at offset 128, PNG or JPEG magic; None otherwise.
+    """The file's format from its first bytes (:func:`sniff_bytes`); None otherwise.
 
     None may still be a DICOM without preamble (``read_radiograph`` tries that).
 
@@ -30,13 +45,7 @@ def sniff_format(path: PathType) -> Format | None:
         head = handle.read(132)
     if not head:
         raise NotAnImageError(path, "the file is empty")
-    if head[128:132] == b"DICM":
-        return "dicom"
-    if head.startswith(_PNG_MAGIC):
-        return "png"
-    if head.startswith(_JPEG_MAGIC):
-        return "jpeg"
-    return None
+    return sniff_bytes(head)
 
 
 def read_radiograph(path: PathType, *, allow_modality: bool | Iterable[str] = False) -> Radiograph:

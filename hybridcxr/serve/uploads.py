@@ -7,19 +7,16 @@ whose ``Content-Length`` is over the limit at once and stops a chunked one as so
 
 from __future__ import annotations
 
-from typing import Literal
-
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hybridcxr.io.read import Format, sniff_bytes
 
 MIB = 1 << 20
 #: Room for the multipart framing and the small form fields (age, sex) beside the file itself.
 MULTIPART_SLACK = 64 * 1024
 
-Kind = Literal["dicom", "png", "jpeg"]
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
 _DICOM_TYPES = frozenset({"application/dicom", "application/dicom+octet-stream"})
 
 
@@ -47,8 +44,8 @@ def too_large(limit: int, size: int | None = None) -> ServiceError:
                         f"the upload {got}exceeds the limit of {limit / MIB:.4g} MiB (server option --max-upload-mb)")
 
 
-def sniff_upload(head: bytes, content_type: str | None) -> Kind:
-    """The upload's format from its first 132 bytes: 'DICM' at offset 128, PNG or JPEG magic.
+def sniff_upload(head: bytes, content_type: str | None) -> Format:
+    """The upload's format from its first 132 bytes (:func:`~hybridcxr.io.read.sniff_bytes`).
 
     The declared content type is believed only for what bytes cannot show: a DICOM without its 128-byte
     preamble is accepted when sent as ``application/dicom`` (decoding then decides). Anything else is 415.
@@ -61,12 +58,9 @@ def sniff_upload(head: bytes, content_type: str | None) -> Kind:
     """
     if not head:
         raise ServiceError(422, "empty_upload", "the uploaded file is empty")
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if head.startswith(_PNG_MAGIC):
-        return "png"
-    if head.startswith(_JPEG_MAGIC):
-        return "jpeg"
+    kind = sniff_bytes(head)
+    if kind is not None:
+        return kind
     declared = (content_type or "").split(";")[0].strip().lower()
     if declared in _DICOM_TYPES:
         return "dicom"

@@ -164,6 +164,11 @@ def save_overlay(
     """Draw an overlay (see :func:`draw_overlay`) and write it as a PNG at ``path`` atomically."""
     rgb = draw_overlay(radiograph_or_pixels, predictions, truth, probabilities, findings, decisions, heatmap,
                        title, max_side)
+    return write_png(path, rgb)
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> Path:
+    """Write a drawn overlay (``(H, W, 3)`` uint8) as a PNG at ``path`` atomically."""
     return write_atomic(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
 
 
