@@ -114,11 +114,14 @@ def test_killed_prepare_resumes_without_redoing_finished_images(phantom, tmp_pat
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     records = out / "records"
-    while time.time() < deadline and len(list(records.glob("*.json"))) < 5:
+    def written() -> list[Path]:  # finished records; a kill can leave a temporary ".ID.xxxx.json" beside them
+        return [p for p in records.glob("*.json") if not p.name.startswith(".")]
+
+    while time.time() < deadline and len(written()) < 5:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    finished = {p.stem: p.stat().st_mtime_ns for p in records.glob("*.json")}
+    finished = {p.stem: p.stat().st_mtime_ns for p in written()}
     assert 5 <= len(finished) < N, "the run should have been killed midway"
     assert not (out / "manifest.csv").exists()
 
