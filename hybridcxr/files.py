@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -66,3 +67,12 @@ def read_json_or_none(path: str | Path) -> Any | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 (hex) of a file, read in 1 MiB blocks: weights files are tens of MB."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

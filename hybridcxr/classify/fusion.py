@@ -25,7 +25,6 @@ torch.Size([2, 2])
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import platform
@@ -44,7 +43,7 @@ from torch import nn
 
 import hybridcxr
 from hybridcxr.errors import DataWarning, InputError
-from hybridcxr.files import write_atomic, write_json
+from hybridcxr.files import file_sha256, write_atomic, write_json
 from hybridcxr.io.demographics import MAX_AGE_YEARS, parse_sex
 
 #: Every feature group, in concatenation order.
@@ -361,7 +360,7 @@ def save_checkpoint(path: str | Path, head: FusionHead, config: FusionConfig | N
         "kind": KIND,
         "card_version": CARD_VERSION,
         "weights": WEIGHTS_FILE,
-        "weights_sha256": _sha256(weights_path),
+        "weights_sha256": file_sha256(weights_path),
         **config.to_dict(),
         "input_dim": config.input_dim,
         "versions": _versions(),
@@ -406,7 +405,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise InputError(card_path, f"invalid card ({type(err).__name__}: {err})") from err
     expected_sha = card.get("weights_sha256")
-    if expected_sha is not None and expected_sha != _sha256(weights_path):
+    if expected_sha is not None and expected_sha != file_sha256(weights_path):
         raise InputError(weights_path, f"does not belong to {CARD_FILE} (sha256 differs): the two files come "
                                        "from different saves")
     try:
@@ -483,14 +482,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:

@@ -12,6 +12,7 @@ weights ``hybridcxr detect`` loads without unpickling anything), and ``training_
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import yaml
 from hybridcxr.config import load_config
 from hybridcxr.detect.ultralytics_env import cpu_threads, import_ultralytics
 from hybridcxr.detect.weights import export_detector
-from hybridcxr.errors import DatasetError, InputError
+from hybridcxr.errors import DataWarning, DatasetError, InputError
 from hybridcxr.files import atomic_path, read_json_or_none, write_json
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,8 @@ def _model_source(model: str) -> str:
     if not path.is_file():
         raise InputError(path, "starting weights not found; give a local .pt or a model yaml such as yolov8n.yaml "
                                "(no weights are downloaded)")
+    warnings.warn(f"{path}: a .pt file is a pickle; it is loaded with ultralytics' restricted (weights_only) "
+                  "unpickler, but take starting weights only from a source you trust", DataWarning, stacklevel=2)
     return str(path)
 
 

@@ -6,6 +6,8 @@ Call :func:`setup_ultralytics` before the first ``import ultralytics`` (all of h
 - points ``YOLO_CONFIG_DIR`` at a folder of ours (``$HYBRIDCXR_HOME/ultralytics``, default
   ``~/.cache/hybridcxr``) and puts matplotlib's DejaVuSans in its ``Ultralytics/`` subfolder as ``Arial.ttf``
   and ``Arial.Unicode.ttf``, since ultralytics downloads those fonts otherwise;
+- turns on ultralytics' restricted loading (``ULTRALYTICS_SAFE_LOAD=1``: no ``eval`` of yaml strings, only
+  ``nn.Module`` layers, ``weights_only`` checkpoint loads with an allow-list of classes);
 - sets ``YOLO_OFFLINE=1`` (no DNS look-ups or download attempts) unless the user set it, and
   ``NO_ALBUMENTATIONS_UPDATE=1`` (no version check);
 - writes checkpoints atomically (a kill never leaves a truncated ``last.pt``);
@@ -45,14 +47,19 @@ def setup_ultralytics() -> None:
     config_dir.mkdir(parents=True, exist_ok=True)
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    # Restricted building: weights_only loads with a class allow-list, no eval() of a yaml's activation and
+    # only nn.Module layers in parse_model. Read once when ultralytics is imported, so set before it; forced on.
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads()))
+    import ultralytics.nn.tasks as tasks
     import ultralytics.utils.torch_utils as torch_utils
     from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
 
     _install_fonts(Path(USER_CONFIG_DIR))  # YOLO_CONFIG_DIR/Ultralytics: where check_font looks first
 
     torch_utils.NUM_THREADS = cpu_threads()
+    tasks.SAFE_LOAD = True  # also when something imported ultralytics before this ran
     if SETTINGS.get("sync"):
         SETTINGS.update({"sync": False})  # no usage analytics from a hospital's machine
     _patch_amp_check()

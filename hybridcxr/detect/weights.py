@@ -10,13 +10,15 @@ versions); :func:`load_detector` rebuilds the network from the yaml and fills in
 from __future__ import annotations
 
 import json
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from hybridcxr.detect.card import check_model_yaml
 from hybridcxr.detect.ultralytics_env import import_ultralytics
-from hybridcxr.errors import InputError
-from hybridcxr.files import atomic_path, write_json
+from hybridcxr.errors import DataWarning, InputError
+from hybridcxr.files import atomic_path, file_sha256, write_json
 
 CARD_VERSION = 1
 
@@ -70,6 +72,7 @@ def export_detector(pt: str | Path, dest: str | Path, extra: dict[str, Any] | No
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "kind": "hybridcxr detector"})
+    card["weights_sha256"] = file_sha256(dest)
     write_json(card_path(dest), card)
     return dest
 
@@ -92,13 +95,18 @@ def load_detector(weights: str | Path, device: str | None = None, fuse: bool = T
         card = json.loads(card_path(path).read_text())
     except (OSError, ValueError) as err:
         raise InputError(card_path(path), f"unreadable detector card ({err})") from None
-    if card.get("kind") != "hybridcxr detector" or "model_yaml" not in card:
-        raise InputError(card_path(path), "not a hybridcxr detector card")
+    _check_card(card, path)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise InputError(path, f"unreadable safetensors file ({err})") from None
-    model = DetectionModel(cfg=card["model_yaml"], nc=len(card["findings"]), verbose=False)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InputError(path, f"{len(bad)} weight tensors hold NaN or infinite values (first: {bad[0]})")
+    try:
+        model = DetectionModel(cfg=card["model_yaml"], nc=len(card["findings"]), verbose=False)
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as err:
+        raise InputError(card_path(path), f"the card's model_yaml does not build a detector ({err})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -110,3 +118,24 @@ def load_detector(weights: str | Path, device: str | None = None, fuse: bool = T
         model = model.fuse(verbose=False)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device), card
+
+
+def _check_card(card: Any, weights: Path) -> None:
+    """Refuse a card that is not ours, names layers or code we do not build, or belongs to other weights."""
+    where = card_path(weights)
+    if not isinstance(card, dict) or card.get("kind") != "hybridcxr detector" or "model_yaml" not in card:
+        raise InputError(where, "not a hybridcxr detector card")
+    findings = card.get("findings")
+    if not (isinstance(findings, list) and findings and all(isinstance(f, str) for f in findings)):
+        raise InputError(where, "the card's findings must be a non-empty list of names")
+    stride = card.get("stride")
+    if not (isinstance(stride, list) and stride and all(isinstance(s, (int, float)) and 0 < s <= 256 for s in stride)):
+        raise InputError(where, "the card's stride must be a list of positive numbers")
+    check_model_yaml(card["model_yaml"], where)
+    expected = card.get("weights_sha256")
+    if expected is None:
+        warnings.warn(f"{where}: the card carries no weights_sha256 (made before hybridcxr checked it); "
+                      "re-export the run to have its weights checked on load", DataWarning, stacklevel=3)
+    elif expected != file_sha256(weights):
+        raise InputError(weights, f"does not belong to {where.name} (sha256 differs): the weights were changed "
+                                  "or come from another run")
