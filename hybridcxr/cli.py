@@ -1,12 +1,16 @@
 """The ``hybridcxr`` command line: a thin face over the library, one command per job.
 
-Exit codes: 0 done; 1 bad input or configuration (the message names the file and the problem);
-2 usage error; 3 finished, but some inputs were skipped (listed at the end).
+Exit codes: 0 done; 1 bad input (the message names the file and the problem); 2 usage error, including a
+setting that is unknown, mistyped or not one of its choices; 3 finished, but some inputs were skipped (listed
+at the end).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -14,6 +18,7 @@ import typer
 from rich.console import Console
 
 from hybridcxr import __version__
+from hybridcxr.config import Fusion, LabelRule, config_default
 
 app = typer.Typer(
     name="hybridcxr",
@@ -26,12 +31,14 @@ console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)  # no hard wraps: paths in messages stay copyable
 
 EXIT_INPUT = 1
+EXIT_USAGE = 2
 EXIT_SKIPPED = 3
 
 
-def _fail(err: Exception) -> NoReturn:
+def _fail(err: Exception, code: int = 1) -> NoReturn:
+    """Print ``err`` (it names the file or setting, never patient data) and exit with ``code``."""
     console.print(f"[bold red]error:[/] {err}", highlight=False)
-    raise typer.Exit(EXIT_INPUT)
+    raise typer.Exit(code)
 
 
 def _version(value: bool) -> None:
@@ -43,18 +50,51 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    max_pixels: Annotated[int | None, typer.Option("--max-pixels", min=1, help="Largest image decoded, width x height [64,000,000; env HYBRIDCXR_MAX_PIXELS]; larger files are skipped.")] = None,
 ) -> None:
     """Chest X-ray AI: YOLOv8 finding detection fused with CNN embeddings and demographics."""
+    if max_pixels is not None:  # the environment carries it into worker processes too
+        os.environ["HYBRIDCXR_MAX_PIXELS"] = str(max_pixels)
 
 
-def _fractions(text: str) -> tuple[float, float, float]:
+def _fractions(text: str) -> list[float]:
+    """``0.8,0.1,0.1`` as numbers (their sum and count are checked with the other prepare settings)."""
     try:
-        parts = tuple(float(x) for x in text.split(","))
+        return [float(x) for x in text.split(",")]
     except ValueError:
-        parts = ()
-    if len(parts) != 3 or abs(sum(parts) - 1) > 1e-6 or min(parts) < 0:
-        raise typer.BadParameter(f"expected three fractions for train,val,test summing to 1, got {text!r}")
-    return parts  # type: ignore[return-value]
+        raise typer.BadParameter(f"expected three fractions for train,val,test, got {text!r}") from None
+
+
+def _default(job: str, key: str) -> str:
+    """A setting's default for a help text, read from its YAML (defaults are written there only)."""
+    value = config_default(job, key)
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _show_progress(wanted: bool) -> bool:
+    """Progress bars only when asked for and stderr is a terminal (never in logs and pipes)."""
+    return wanted and sys.stderr.isatty()
+
+
+def _finish_batch(result: object) -> None:
+    """Print a batch job's summary; exit 3 when it skipped inputs (they are listed in the summary)."""
+    out.print(str(result), highlight=False)
+    if getattr(result, "skipped", None):
+        raise typer.Exit(EXIT_SKIPPED)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """hybridcxr's own errors end the command with their message: exit 2 for a bad setting (a usage error),
+    1 for bad input or data."""
+    from hybridcxr.errors import ConfigError, HybridCXRError
+
+    try:
+        yield
+    except ConfigError as err:
+        _fail(err, EXIT_USAGE)
+    except HybridCXRError as err:
+        _fail(err)
 
 
 @app.command()
@@ -65,56 +105,33 @@ def prepare(
     labels: Annotated[Path | None, typer.Option(help="Label table, where not at its official place under --root.")] = None,
     boxes: Annotated[Path | None, typer.Option(help="Box table, where not at its official place under --root.")] = None,
     extra_boxes: Annotated[list[Path] | None, typer.Option("--extra-boxes", help="More box files from other readers (nih: ChestX-Det10 JSON).")] = None,
-    size: Annotated[int | None, typer.Option(help="Long side of the cached images in pixels [configs/prepare.yaml: 512].")] = None,
-    bits: Annotated[int | None, typer.Option(help="Bit depth of the cached PNGs: 8 or 16 [8].")] = None,
+    size: Annotated[int | None, typer.Option(help=f"Long side of the cached images in pixels [{_default('prepare', 'size')}].")] = None,
+    bits: Annotated[int | None, typer.Option(help=f"Bit depth of the cached PNGs: 8 or 16 [{_default('prepare', 'bits')}].")] = None,
     workers: Annotated[int | None, typer.Option(help="Decoding processes [all cores; 0 = in this process].")] = None,
-    fusion: Annotated[str | None, typer.Option(help="Reader fusion: wbf, nms or none [wbf].")] = None,
-    iou: Annotated[float | None, typer.Option(help="IoU above which readers' boxes of one finding are fused [0.4; nih 0.3].")] = None,
-    label_rule: Annotated[str | None, typer.Option(help="Image label from readers: any or majority [any].")] = None,
-    split: Annotated[str | None, typer.Option(help="Train,val,test fractions, patient-grouped and stratified [0.8,0.1,0.1].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the split [0].")] = None,
-    keep_official_test: Annotated[bool | None, typer.Option("--keep-official-test/--resplit-test", help="Keep the dataset's own test split [keep].")] = None,
+    fusion: Annotated[Fusion | None, typer.Option(help=f"Reader fusion [{_default('prepare', 'fusion')}].")] = None,
+    iou: Annotated[float | None, typer.Option(help=f"IoU above which readers' boxes of one finding are fused [{_default('prepare', 'iou')}; configs/datasets/ may differ].")] = None,
+    label_rule: Annotated[LabelRule | None, typer.Option(help=f"Image label from readers [{_default('prepare', 'label_rule')}].")] = None,
+    split: Annotated[str | None, typer.Option(help=f"Train,val,test fractions, patient-grouped and stratified [{_default('prepare', 'split')}].")] = None,
+    seed: Annotated[int | None, typer.Option(help=f"Seed of the split [{_default('prepare', 'seed')}].")] = None,
+    keep_official_test: Annotated[bool | None, typer.Option("--keep-official-test/--resplit-test", help="Keep the dataset's own test split [configs/prepare.yaml].")] = None,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Decode, split (patient-grouped) and fuse readers' boxes into a YOLO dataset plus manifest."""
-    from hybridcxr.config import load_config
     from hybridcxr.data.prepare import PrepareOptions
     from hybridcxr.data.prepare import prepare as run_prepare
     from hybridcxr.data.sources import load_source
-    from hybridcxr.errors import HybridCXRError
 
-    try:
-        config = load_config("prepare", dataset=source, overrides={
-            "size": size, "bits": bits, "fusion": fusion, "iou": iou, "label_rule": label_rule,
-            "split": _fractions(split) if split is not None else None, "seed": seed,
-            "keep_official_test": keep_official_test,
-        })
-    except HybridCXRError as err:
-        _fail(err)
-    if config["fusion"] not in ("wbf", "nms", "none"):
-        raise typer.BadParameter(f"--fusion must be wbf, nms or none, not {config['fusion']!r}")
-    if config["label_rule"] not in ("any", "majority"):
-        raise typer.BadParameter(f"--label-rule must be any or majority, not {config['label_rule']!r}")
-    if config["bits"] not in (8, 16):
-        raise typer.BadParameter(f"--bits must be 8 or 16, not {config['bits']}")
-    options = PrepareOptions(
-        size=int(config["size"]), bits=int(config["bits"]), fusion=config["fusion"], iou_thr=float(config["iou"]),
-        fractions=tuple(config["split"]), seed=int(config["seed"]),  # type: ignore[arg-type]
-        keep_official_test=bool(config["keep_official_test"]), allow_modality=allow_modality,
-        progress=progress and sys.stderr.isatty(),
-    )
-    if workers is not None:
-        options.workers = workers
-    extra = {"extra_boxes": list(extra_boxes)} if extra_boxes else {}
-    try:
-        tables = load_source(source, root, labels=labels, boxes=boxes, label_rule=config["label_rule"], **extra)
+    with _errors():
+        options = PrepareOptions(
+            size=size, bits=bits, fusion=fusion, iou=iou, label_rule=label_rule,
+            split=_fractions(split) if split is not None else None, seed=seed, keep_official_test=keep_official_test,
+            dataset=source, allow_modality=allow_modality, progress=_show_progress(progress),
+            **({"workers": workers} if workers is not None else {}))
+        extra = {"extra_boxes": list(extra_boxes)} if extra_boxes else {}
+        tables = load_source(source, root, labels=labels, boxes=boxes, label_rule=options.label_rule, **extra)
         result = run_prepare(tables, out_dir, options)
-    except HybridCXRError as err:
-        _fail(err)
-    out.print(str(result), highlight=False)
-    if result.skipped:
-        raise typer.Exit(EXIT_SKIPPED)
+    _finish_batch(result)
 
 
 @app.command("demo-data")
@@ -126,7 +143,7 @@ def demo_data(
     """Write synthetic phantom chest radiographs as DICOM in the VinDr-CXR layout (no downloads)."""
     from hybridcxr.data.phantom import make_phantom_dataset
 
-    summary = make_phantom_dataset(out_dir, n=n, seed=seed, progress=sys.stderr.isatty())
+    summary = make_phantom_dataset(out_dir, n=n, seed=seed, progress=_show_progress(True))
     out.print(f"Wrote {summary.n_train} train and {summary.n_test} test phantom DICOMs "
               f"({summary.n_patients} synthetic patients) to {out_dir}", highlight=False)
     out.print(f"Prepare them with: hybridcxr prepare vindr-cxr --root {out_dir} --out <PREPARED>", highlight=False)
@@ -143,15 +160,12 @@ def demo(
     from rich.table import Table
 
     from hybridcxr.demo import SIZES, run_demo
-    from hybridcxr.errors import HybridCXRError
 
     if size not in SIZES:
         raise typer.BadParameter(f"--size must be one of {', '.join(SIZES)}, not {size!r}")
-    try:
-        result = run_demo(out_dir, size, seed=seed, progress=progress and sys.stderr.isatty(),  # type: ignore[arg-type]
+    with _errors():
+        result = run_demo(out_dir, size, seed=seed, progress=_show_progress(progress),  # type: ignore[arg-type]
                           log=lambda line: console.print(line, highlight=False))
-    except HybridCXRError as err:
-        _fail(err)
     metrics = Table(title=f"hybridcxr demo ({size}): phantom data, models trained from scratch for minutes")
     metrics.add_column("metric")
     metrics.add_column("value", justify="right")
@@ -192,14 +206,11 @@ def train_detector_cmd(
     """Train the YOLOv8 finding detector on fused reader boxes (CUDA+AMP when present, else all CPU cores)."""
     from hybridcxr.config import parse_overrides
     from hybridcxr.detect.train import detector_config, train_detector
-    from hybridcxr.errors import HybridCXRError
 
-    try:
+    with _errors():
         settings = parse_overrides(overrides or [])
         settings.update({k: v for k, v in {"model": model, "epochs": epochs, "imgsz": imgsz}.items() if v is not None})
         run = train_detector(data, out_dir, detector_config(settings))
-    except HybridCXRError as err:
-        _fail(err)
     out.print(str(run), highlight=False)
 
 
@@ -215,14 +226,11 @@ def train_classifier_cmd(
     """Train the fusion classifier (detector features + ResNet-18 + age/sex) with weighted BCE."""
     from hybridcxr.classify.train import classifier_config, train_classifier
     from hybridcxr.config import parse_overrides, read_config_file
-    from hybridcxr.errors import HybridCXRError
 
-    try:
+    with _errors():
         settings = read_config_file(config_file) if config_file is not None else {}
         config = classifier_config({**settings, **parse_overrides(overrides or [])})
-        card = train_classifier(data, detector, out_dir, config, progress=progress and sys.stderr.isatty())
-    except HybridCXRError as err:
-        _fail(err)
+        card = train_classifier(data, detector, out_dir, config, progress=_show_progress(progress))
     out.print(f"Classifier trained: validation macro AUROC {card['val_macro_auroc']:.4f} at epoch "
               f"{card['best_epoch']}; run folder {out_dir}", highlight=False)
 
@@ -245,9 +253,8 @@ def classify(
 ) -> None:
     """Probability and decision per finding: predictions.csv (+ JSON and overlays), one decode per image."""
     from hybridcxr.detect.evaluate import read_truth
-    from hybridcxr.errors import HybridCXRError
     from hybridcxr.io.demographics import parse_age, parse_sex
-    from hybridcxr.pipeline import Analyzer, classify_files, collect_inputs, read_demographics
+    from hybridcxr.pipeline import Analyzer, classify_files, collect_inputs, read_demographics, unique_ids
 
     if demographics is not None and (age is not None or sex is not None):
         raise typer.BadParameter("give either --demographics or --age/--sex, not both")
@@ -257,26 +264,22 @@ def classify(
         raise typer.BadParameter("--dicom exports the overlays: add --overlay")
     if truth is not None and not overlay:
         raise typer.BadParameter("--truth is drawn on the overlays: add --overlay")
-    try:
+    with _errors():
         table = read_demographics(demographics) if demographics is not None else None
         if age is not None or sex is not None:
             given_age = parse_age(age, source="--age") if age is not None else None
             given_sex = parse_sex(sex) if sex is not None else None
             if sex is not None and given_sex is None:
                 raise typer.BadParameter(f"--sex must be M or F, not {sex!r}")
-            table = {p.stem: (given_age, given_sex) for p in collect_inputs(inputs)}
+            table = {i: (given_age, given_sex) for i in unique_ids(collect_inputs(inputs)).values()}
         analyzer = Analyzer(model, device=device)
         if heatmap and "cnn" not in analyzer.config.groups:
             raise typer.BadParameter(f"{model}: this classifier does not use the CNN: no Grad-CAM heatmap")
         boxes = read_truth(truth, None)[0] if truth is not None else None
         result = classify_files(inputs, analyzer, out_dir, demographics=table, overlay=overlay, heatmap=heatmap,
                                 dicom=dicom, truth=boxes, allow_modality=allow_modality,
-                                progress=progress and sys.stderr.isatty())
-    except HybridCXRError as err:
-        _fail(err)
-    out.print(str(result), highlight=False)
-    if result.skipped:
-        raise typer.Exit(EXIT_SKIPPED)
+                                progress=_show_progress(progress))
+    _finish_batch(result)
 
 
 @app.command()
@@ -286,20 +289,28 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload in MiB (larger ones get 413).")] = 50.0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
+    allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="A Host name clients use, besides the --host address's own (repeatable; needed with --host 0.0.0.0). Other Host headers get 400.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds a client may take over its request headers or stall in its body (then 408).")] = 30.0,
+    max_decodes: Annotated[int, typer.Option(help="Uploads decoded and analyzed at once (each holds a full-resolution image).")] = 2,
 ) -> None:
     """Serve the classifier over HTTP (FastAPI): POST /v1/analyze, overlays, a viewer page at /, docs at /docs.
 
     Set env HYBRIDCXR_API_KEY to require header X-API-Key on /v1/*.
     """
-    from hybridcxr.errors import HybridCXRError
     from hybridcxr.serve.app import serve as run_server
+    from hybridcxr.serve.guards import trusted_hosts
 
     if max_upload_mb <= 0:
         raise typer.BadParameter(f"--max-upload-mb must be positive, not {max_upload_mb}")
+    if timeout <= 0 or max_decodes < 1:
+        raise typer.BadParameter(f"--timeout and --max-decodes must be positive, not {timeout}, {max_decodes}")
     try:
-        run_server(model, host=host, port=port, max_upload_bytes=int(max_upload_mb * (1 << 20)), device=device)
-    except HybridCXRError as err:
-        _fail(err)
+        trusted_hosts(host, allowed_host)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    with _errors():
+        run_server(model, host=host, port=port, max_upload_bytes=int(max_upload_mb * (1 << 20)), device=device,
+                   allowed_hosts=allowed_host, timeout=timeout, max_decodes=max_decodes)
 
 
 @app.command()
@@ -316,15 +327,12 @@ def tune(
 ) -> None:
     """Tune the fusion head with Optuna on cached features (pruning, SQLite or PostgreSQL, many workers)."""
     from hybridcxr.config import parse_overrides
-    from hybridcxr.errors import HybridCXRError
     from hybridcxr.tune import tune_fusion
 
-    try:
+    with _errors():
         result = tune_fusion(data, detector, out_dir, trials=trials, storage=storage, study_name=study,
                              workers=workers, overrides=parse_overrides(overrides or []),
-                             progress=progress and sys.stderr.isatty())
-    except HybridCXRError as err:
-        _fail(err)
+                             progress=_show_progress(progress))
     out.print(result, highlight=False)
 
 
@@ -378,20 +386,15 @@ def detect(
     if truth is not None and not overlay:
         raise typer.BadParameter("--truth is drawn on the overlays: add --overlay")
     from hybridcxr.detect.predict import Detector
-    from hybridcxr.errors import HybridCXRError
     from hybridcxr.detect.evaluate import read_truth
     from hybridcxr.pipeline import detect_files
 
-    try:
+    with _errors():
         detector = Detector.load(weights, device=device)
         boxes = read_truth(truth, None)[0] if truth is not None else None
         result = detect_files(inputs, detector, out_dir, conf=conf, tta=tta, overlay=overlay, dicom=dicom, truth=boxes,
-                              allow_modality=allow_modality, progress=progress and sys.stderr.isatty())
-    except HybridCXRError as err:
-        _fail(err)
-    out.print(str(result), highlight=False)
-    if result.skipped:
-        raise typer.Exit(EXIT_SKIPPED)
+                              allow_modality=allow_modality, progress=_show_progress(progress))
+    _finish_batch(result)
 
 
 @evaluate_app.command("detector")
@@ -405,15 +408,12 @@ def evaluate_detector_cmd(
 ) -> None:
     """VinDr-CXR mAP@0.4 per finding and mean (Kaggle's metric), plus FROC at 0.5/1/2/4 FP per image."""
     from hybridcxr.detect.evaluate import evaluate_detector
-    from hybridcxr.errors import HybridCXRError
     from hybridcxr.files import write_text
 
     if interpolation not in ("voc2010", "coco101"):
         raise typer.BadParameter(f"--interpolation must be voc2010 or coco101, not {interpolation!r}")
-    try:
+    with _errors():
         result = evaluate_detector(pred, truth, split=split, iou_thr=iou, interpolation=interpolation)
-    except HybridCXRError as err:
-        _fail(err)
     out.print(str(result), highlight=False)
     if report is not None:
         write_text(report, result.to_markdown() + "\n")
@@ -431,13 +431,10 @@ def evaluate_classifier_cmd(
 ) -> None:
     """Per-finding AUROC with bootstrap CIs, F1 at the stored thresholds, ROC/PR plots, subgroups, ablations."""
     from hybridcxr.classify.evaluate import evaluate_classifier
-    from hybridcxr.errors import HybridCXRError
 
-    try:
+    with _errors():
         report = evaluate_classifier(model, data, split=split, out=out_dir, ablation=ablation, n_boot=n_boot,
-                                     progress=progress and sys.stderr.isatty())
-    except HybridCXRError as err:
-        _fail(err)
+                                     progress=_show_progress(progress))
     out.print(f"Report: {report}", highlight=False)
 
 

@@ -21,6 +21,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from hybridcxr.layout import ClassifierLayout, DetectorLayout, PreparedLayout
+
 Size = Literal["small", "medium"]
 
 #: What each size runs. ``small`` is the README's first command: within 10 minutes on 2 CPU cores.
@@ -56,34 +58,57 @@ class DemoResult:
         return sum(s.seconds for s in self.stages)
 
 
+#: Runs one stage: ``(name, done, job)`` logs the stage, calls ``job`` unless ``done``, times it and
+#: returns what ``job`` returned (None when skipped).
+_StageRunner = Callable[[str, bool, Callable[[], Any]], Any]
+
+
+@dataclass(frozen=True)
+class _DemoPaths:
+    """Where each stage keeps its outputs under ``out`` (a stage whose outputs are there is skipped)."""
+
+    out: Path
+    phantom: Path
+    prepared: Path
+    detector: Path
+    classifier: Path
+    tune: Path
+
+    @classmethod
+    def under(cls, out: Path) -> _DemoPaths:
+        """The demo's folders under ``out``."""
+        return cls(out, out / "phantom", out / "prepared", out / "detector", out / "classifier", out / "tune")
+
+
 def run_demo(out: str | Path = "demo-out", size: Size = "small", *, seed: int = 0, progress: bool = True,
              log: Callable[[str], None] = print, plan: Mapping[str, Any] | None = None) -> DemoResult:
     """Run every stage on phantom data under ``out``; return the timings, metrics and output paths.
 
     ``plan`` overrides entries of ``SIZES[size]`` (the tests use toy sizes).
     """
-    from hybridcxr.classify.evaluate import evaluate_classifier
-    from hybridcxr.classify.train import classifier_config, train_classifier
-    from hybridcxr.data.phantom import make_phantom_dataset
-    from hybridcxr.data.prepare import PrepareOptions, prepare
-    from hybridcxr.data.sources import load_source
-    from hybridcxr.detect.evaluate import evaluate_detector
-    from hybridcxr.detect.predict import Detector
-    from hybridcxr.detect.train import detector_config, train_detector
-    from hybridcxr.files import write_text
-    from hybridcxr.pipeline import Analyzer, classify_files, detect_files
-    from hybridcxr.tune import tune_fusion
-
     import optuna
+
+    from hybridcxr.files import write_text
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per stage, not one per trial
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}, not {size!r}")
     plan = {**SIZES[size], **(plan or {})}
-    out = Path(out)
-    result = DemoResult(out, size)
-    phantom, prepared, det_run = out / "phantom", out / "prepared", out / "detector"
-    cls_run, tune_run = out / "classifier", out / "tune"
+    paths = _DemoPaths.under(Path(out))
+    result = DemoResult(paths.out, size)
+    stage = _stage_runner(result, log)
+    _make_data(stage, paths, plan, seed, progress)
+    _train_models(stage, paths, plan, seed, progress)
+    detections, classified = _run_on_held_back(stage, paths, progress)
+    report, cls_report = _evaluate(stage, paths, plan, progress)
+    result.metrics = _headline_metrics(paths, report, cls_report)
+    result.outputs = _output_paths(paths, detections, classified, cls_report)
+    write_text(paths.out / "summary.md", summary_markdown(result) + "\n")
+    return result
+
+
+def _stage_runner(result: DemoResult, log: Callable[[str], None]) -> _StageRunner:
+    """A :data:`_StageRunner` that logs ``[k/9] name`` and appends each stage's :class:`Stage` to ``result``."""
 
     def stage(name: str, done: bool, job: Callable[[], Any]) -> Any:
         log(f"[{len(result.stages) + 1}/9] {name}" + (": already done, skipped" if done else ""))
@@ -92,56 +117,103 @@ def run_demo(out: str | Path = "demo-out", size: Size = "small", *, seed: int = 
         result.stages.append(Stage(name, time.perf_counter() - start, done))
         return value
 
+    return stage
+
+
+def _make_data(stage: _StageRunner, paths: _DemoPaths, plan: Mapping[str, Any], seed: int,
+               progress: bool) -> None:
+    """Stages 1-2: write the phantom DICOMs, then prepare them (split, reader fusion, cached PNGs)."""
+    from hybridcxr.data.phantom import make_phantom_dataset
+    from hybridcxr.data.prepare import PrepareOptions, prepare
+    from hybridcxr.data.sources import load_source
+
+    phantom, prepared = paths.phantom, paths.prepared
     stage(f"phantom data: {plan['images']} synthetic DICOMs", (phantom / "annotations" / "image_labels_test.csv").is_file(),
           lambda: make_phantom_dataset(phantom, n=plan["images"], seed=seed, progress=progress))
-    stage("prepare: patient-grouped split, reader fusion, cached PNGs", (prepared / "manifest.csv").is_file(),
+    stage("prepare: patient-grouped split, reader fusion, cached PNGs", PreparedLayout(prepared).manifest.is_file(),
           lambda: prepare(load_source("vindr-cxr", phantom), prepared,
                           PrepareOptions(size=plan["prepare_size"], seed=seed, progress=progress)))
+
+
+def _train_models(stage: _StageRunner, paths: _DemoPaths, plan: Mapping[str, Any], seed: int,
+                  progress: bool) -> None:
+    """Stages 3-5: train the detector, then the fusion classifier on its features, then the Optuna study."""
+    from hybridcxr.classify.train import classifier_config, train_classifier
+    from hybridcxr.detect.train import detector_config, train_detector
+    from hybridcxr.tune import tune_fusion
+
+    prepared, det_run, cls_run = paths.prepared, paths.detector, paths.classifier
     stage(f"train detector: YOLOv8n, {plan['det_epochs']} epochs at {plan['det_imgsz']} px",
-          (det_run / "weights" / "best.json").is_file(),
+          DetectorLayout(det_run).card.is_file(),
           lambda: train_detector(prepared, det_run, detector_config(
               {"epochs": plan["det_epochs"], "imgsz": plan["det_imgsz"], "seed": seed})))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the randomly initialised CNN: said once in the summary
         stage("train classifier: detector features + ResNet-18 + age/sex, weighted BCE",
-              (cls_run / "model" / "card.json").is_file(),
+              ClassifierLayout(cls_run).card.is_file(),
               lambda: train_classifier(prepared, det_run, cls_run, classifier_config({"seed": seed}),
                                        progress=progress))
         stage(f"tune: {plan['trials']} Optuna trials on SQLite", False,
-              lambda: tune_fusion(prepared, det_run, tune_run, trials=plan["trials"],
+              lambda: tune_fusion(prepared, det_run, paths.tune, trials=plan["trials"],
                                   overrides={"seed": seed}, progress=progress))
-    held_back = phantom / "test"  # the official-test folder: the prepared test split, never trained on
+
+
+def _run_on_held_back(stage: _StageRunner, paths: _DemoPaths, progress: bool) -> tuple[Any, Any]:
+    """Stages 6-7: ``detect`` and ``classify`` on the held-back test phantoms, with overlays, as a user
+    would run them; returns both runs' results."""
+    from hybridcxr.detect.predict import Detector
+    from hybridcxr.pipeline import Analyzer, classify_files, detect_files
+
+    held_back = paths.phantom / "test"  # the official-test folder: the prepared test split, never trained on
     detections = stage("detect: held-back test phantoms, with overlays", False,
-                       lambda: detect_files([held_back], Detector.load(det_run), out / "detect", overlay=True,
-                                            progress=progress))
+                       lambda: detect_files([held_back], Detector.load(paths.detector), paths.out / "detect",
+                                            overlay=True, progress=progress))
     classified = stage("classify: held-back test phantoms, with overlays", False,
-                       lambda: classify_files([held_back], Analyzer(cls_run), out / "classify", overlay=True,
-                                              progress=progress))
+                       lambda: classify_files([held_back], Analyzer(paths.classifier), paths.out / "classify",
+                                              overlay=True, progress=progress))
+    return detections, classified
+
+
+def _evaluate(stage: _StageRunner, paths: _DemoPaths, plan: Mapping[str, Any], progress: bool
+              ) -> tuple[Any, Path]:
+    """Stages 8-9: score the detections (report also written as ``detect/evaluation.md``) and evaluate the
+    classifier on the test split; returns the detector report and the classifier report's path."""
+    from hybridcxr.classify.evaluate import evaluate_classifier
+    from hybridcxr.detect.evaluate import evaluate_detector
+    from hybridcxr.files import write_text
+
     report = stage("evaluate detector: VinDr mAP@0.4 on the test split", False,
-                   lambda: evaluate_detector(out / "detect", prepared, split="test"))
-    write_text(out / "detect" / "evaluation.md", report.to_markdown() + "\n")
+                   lambda: evaluate_detector(paths.out / "detect", paths.prepared, split="test"))
+    write_text(paths.out / "detect" / "evaluation.md", report.to_markdown() + "\n")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cls_report = stage("evaluate classifier: AUROC with CIs, ROC/PR, subgroups, ablations", False,
-                           lambda: evaluate_classifier(cls_run, prepared, split="test", n_boot=plan["n_boot"],
-                                                       progress=progress))
-    result.metrics = {"detector test mAP@0.4": float(report.map),
-                      "classifier test macro AUROC": _macro_auroc(cls_report.parent / "predictions.csv"),
-                      "classifier val macro AUROC": _card_value(cls_run, "val_macro_auroc"),
-                      "best tuning trial val macro AUROC": _best_trial(tune_run)}
-    result.outputs = {
+                           lambda: evaluate_classifier(paths.classifier, paths.prepared, split="test",
+                                                       n_boot=plan["n_boot"], progress=progress))
+    return report, cls_report
+
+
+def _headline_metrics(paths: _DemoPaths, report: Any, cls_report: Path) -> dict[str, float]:
+    """The summary's numbers: detector test mAP, classifier test and val macro AUROC, best tuning trial."""
+    return {"detector test mAP@0.4": float(report.map),
+            "classifier test macro AUROC": _macro_auroc(cls_report.parent / "predictions.csv"),
+            "classifier val macro AUROC": _card_value(paths.classifier, "val_macro_auroc"),
+            "best tuning trial val macro AUROC": _best_trial(paths.tune)}
+
+
+def _output_paths(paths: _DemoPaths, detections: Any, classified: Any, cls_report: Path) -> dict[str, Path]:
+    """Where the summary points the user: tables, overlays, reports and the tuned config."""
+    return {
         "detections": detections.out / "detections.csv",
         "detection overlays": detections.outputs.get("overlays", detections.out),
-        "detector evaluation": out / "detect" / "evaluation.md",
+        "detector evaluation": paths.out / "detect" / "evaluation.md",
         "predictions": classified.out / "predictions.csv",
         "classifier overlays": classified.outputs.get("overlays", classified.out),
         "classifier report (ROC curves)": cls_report,
-        "study report": tune_run / "study-report",
-        "best tuned config": tune_run / "best_config.yaml",
-        "detector training curves": det_run / "training_curves.png",
+        "study report": paths.tune / "study-report",
+        "best tuned config": paths.tune / "best_config.yaml",
+        "detector training curves": paths.detector / "training_curves.png",
     }
-    write_text(out / "summary.md", summary_markdown(result) + "\n")
-    return result
 
 
 def summary_markdown(result: DemoResult) -> str:
@@ -171,7 +243,7 @@ def _macro_auroc(predictions: Path) -> float:
 def _card_value(run: Path, key: str) -> float:
     import json
 
-    return float(json.loads((run / "model" / "card.json").read_text())[key])
+    return float(json.loads(ClassifierLayout(run).card.read_text())[key])
 
 
 def _best_trial(tune_run: Path) -> float:

@@ -18,6 +18,10 @@ class InputError(HybridCXRError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class OutputError(InputError):
+    """A file that cannot be written (disk full, read-only folder); ``str(err)`` is ``"<path>: <problem>"``."""
+
+
 class RadiographError(InputError):
     """An image file that cannot be read as a radiograph."""
 
@@ -30,12 +34,20 @@ class NoPixelDataError(RadiographError):
     """A DICOM file without Pixel Data (e.g. a Structured Report or a header-only file)."""
 
 
+class TooManyPixelsError(RadiographError):
+    """An image larger than the pixel limit (checked from its header, before decoding)."""
+
+
 class MultiFrameError(RadiographError):
     """A DICOM with more than one frame: a projection radiograph has one."""
 
 
 class UnsupportedModalityError(RadiographError):
     """A DICOM whose Modality is not a projection radiograph (CT, MR, US, ...)."""
+
+
+class ConfigError(InputError):
+    """A setting that is unknown, of the wrong type or not one of its choices (the CLI exits 2: a usage error)."""
 
 
 class DatasetError(InputError):

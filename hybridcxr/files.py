@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -13,9 +14,19 @@ from typing import Any
 
 import pandas as pd
 
+from hybridcxr.errors import OutputError
 
+
+_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})  # no space, over quota
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def _raise_if_full(err: OSError, path: Path) -> None:
+    """Turn "no space left" (or over quota) into an OutputError naming the file; other errors pass."""
+    if err.errno in _FULL:
+        raise OutputError(path, f"cannot be written: the disk is full ({os.strerror(err.errno)}); nothing was "
+                                "half-written: free some space and run again") from err
 
 
 @contextmanager
@@ -27,13 +38,21 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix, dir=path.parent)
+    except OSError as err:
+        _raise_if_full(err, path)
+        raise
     os.close(fd)
     try:
         yield Path(tmp)
         if Path(tmp).is_file():  # mkstemp makes 0600; give the file the mode a plain open() would
             os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        _raise_if_full(err, path)
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -2,22 +2,25 @@
 
 ``detect_files`` writes, under its output folder::
 
-    detections.csv        image_id, finding, score, x_min, y_min, x_max, y_max (original pixels)
+    detections.csv        image_id, finding, score, x_min, y_min, x_max, y_max (original pixels), path
     json/<image_id>.json  one file per image: size, demographics read, boxes, the model card's facts
     submission.csv        VinDr/Kaggle format: image_id, PredictionString ("class score x1 y1 x2 y2 ...")
     skipped.csv           files that could not be read, with the reason
 
-Every file is written under a temporary name and renamed. A bad file never stops the batch.
+Image ids are unique within a batch (:func:`unique_ids`: the file name, or for names that repeat the path
+relative to the inputs' shared folder), and every output carries the file's path beside its id. Every file
+is written under a temporary name and renamed. A bad file never stops the batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from hybridcxr.detect.metrics import add_no_finding, to_submission
@@ -26,6 +29,8 @@ from hybridcxr.errors import InputError
 from hybridcxr.files import write_csv, write_json
 from hybridcxr.io.radiograph import Radiograph
 from hybridcxr.progress import progress_bar
+from hybridcxr.analyzer import Analysis as Analysis  # re-exported: batch jobs return it
+from hybridcxr.analyzer import Analyzer as Analyzer  # re-exported: `classify` takes one
 
 #: File name endings taken from a folder (DICOMs without an extension are taken too).
 RADIOGRAPH_SUFFIXES = (".dcm", ".dicom", ".dic", ".png", ".jpg", ".jpeg")
@@ -50,7 +55,8 @@ class BatchResult:
 
 
 def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given, folders searched recursively for radiographs; sorted, duplicates removed.
+    """Files as given, folders searched recursively for radiographs (known extensions, none, or DICOM UID
+    names); sorted, duplicates removed.
 
     Raises InputError for an input that does not exist (a typo should not pass as "0 images").
     """
@@ -59,12 +65,39 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             found += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-                            and (p.suffix.lower() in RADIOGRAPH_SUFFIXES or not p.suffix))
+                            and _looks_like_radiograph(p))
         elif path.is_file():
             found.append(path)
         else:
             raise InputError(path, "no such file or folder")
     return list(dict.fromkeys(found))
+
+
+def _looks_like_radiograph(path: Path) -> bool:
+    """A known image extension, none, or a UID-style name (``1.2.840.113619.2.55``: its "suffix" is digits)."""
+    suffix = path.suffix.lower()
+    return suffix in RADIOGRAPH_SUFFIXES or not suffix or suffix[1:].isdigit()
+
+
+def unique_ids(paths: Sequence[Path]) -> dict[Path, str]:
+    """One image id per input path, unique within the batch.
+
+    A file's id is its name without the extension (as VinDr and NIH ids are) where no other input has that
+    name; files whose names repeat (``study1/IM0001.dcm``, ``study2/IM0001.dcm``, as PACS exports name them)
+    get their path relative to the folder all inputs share, without the extension (``study1/IM0001``).
+    Every output keeps the file's path beside its id as well.
+    """
+    stems = Counter(p.stem for p in paths)
+    repeated = [p for p in paths if stems[p.stem] > 1]
+    root = Path(os.path.commonpath([str(p.resolve().parent) for p in repeated])) if repeated else None
+    ids = {p: p.stem for p in paths}
+    for p in repeated:
+        ids[p] = p.resolve().relative_to(root).with_suffix("").as_posix()
+    clashes = Counter(ids.values())
+    for p in repeated:  # study/IM1.dcm beside study/IM1.png: the extension tells them apart
+        if clashes[ids[p]] > 1:
+            ids[p] = p.resolve().relative_to(root).as_posix()
+    return ids
 
 
 def detection_record(detection: Detection, card: dict) -> dict:
@@ -130,116 +163,25 @@ def detect_files(
 
     with progress_bar(len(paths), "detecting", progress) as advance:
         for detection in detector.predict_paths(paths, conf=conf, tta=tta, allow_modality=allow_modality,
-                                                on_error=skip, on_done=advance):
+                                                on_error=skip, on_done=advance, image_ids=unique_ids(paths)):
             image_id = detection.radiograph.image_id
             ids.append(image_id)
-            tables.append(detection.boxes)
+            tables.append(detection.boxes.assign(path=detection.radiograph.meta.path))
             write_json(out / "json" / f"{image_id}.json", detection_record(detection, detector.card))
             if overlay:
                 write_overlay(out / "overlays", detection.radiograph, dicom=dicom, predictions=detection.boxes,
                               truth=truth, findings=detector.findings, title=image_id)
     result.done = len(ids)
     frames = [t for t in tables if len(t)]
-    detections = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
+    detections = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*PREDICTION_COLUMNS, "path"])
     result.outputs["detections"] = write_csv(out / "detections.csv", detections)
-    submission = to_submission(add_no_finding(detections, ids), ids, detector.findings)
+    submission = to_submission(add_no_finding(detections[PREDICTION_COLUMNS], ids), ids, detector.findings)
     result.outputs["submission"] = write_csv(out / "submission.csv", submission)
     result.outputs["per-image JSON"] = out / "json"
     if overlay:
         result.outputs["overlays"] = out / "overlays"
     write_csv(out / "skipped.csv", pd.DataFrame(result.skipped, columns=["path", "reason"]))
     return result
-
-
-# -- detect + classify --------------------------------------------------------------------------------------
-@dataclass
-class Analysis:
-    """Everything the product says about one radiograph."""
-
-    detection: Detection
-    probabilities: dict[str, float]
-    decisions: dict[str, bool]
-    age_years: float | None
-    sex: str | None
-
-    @property
-    def image_id(self) -> str:
-        return self.detection.radiograph.image_id
-
-
-class Analyzer:
-    """The detector, the CNN and the fusion head of a classifier run, loaded once; one decode per image.
-
-    The CLI (``classify``) and the service call this same object, so they can never disagree.
-    """
-
-    def __init__(self, run: str | Path, device: str | None = None) -> None:
-        from hybridcxr.classify.backbone import build_backbone
-        from hybridcxr.classify.fusion import load_checkpoint
-
-        run = Path(run)
-        if not (run / "model" / "card.json").is_file():
-            raise InputError(run, "not a classifier run folder (no model/card.json); make one with "
-                                  "`hybridcxr train classifier`")
-        self.head, self.config, self.card = load_checkpoint(run / "model")
-        self.detector = Detector.load(run / "detector", device=device)
-        info = self.card["backbone"]
-        self.backbone = build_backbone(info["name"], run / "backbone.safetensors", input_size=int(info["size"]))
-        self.backbone = self.backbone.to(self.detector.device).eval()
-        if self.backbone.fingerprint() != info["fingerprint"]:
-            raise InputError(run / "backbone.safetensors", "the CNN weights differ from those the head was trained on")
-        self.findings: list[str] = list(self.config.findings)
-        self.thresholds: dict[str, float] = {f: float(self.card["thresholds"].get(f, 0.5)) for f in self.findings}
-
-    def analyze(self, detections: Sequence[Detection], ages: Sequence[float | None] | None = None,
-                sexes: Sequence[str | None] | None = None) -> list[Analysis]:
-        """Classify detected radiographs (with their pooled features); demographics from the headers unless given."""
-        from hybridcxr.classify.backbone import embed
-        from hybridcxr.classify.fusion import assemble_inputs
-
-        if not detections:
-            return []
-        metas = [d.radiograph.meta for d in detections]
-        ages = [m.age_years for m in metas] if ages is None else list(ages)
-        sexes = [m.sex for m in metas] if sexes is None else list(sexes)
-        cnn = embed(self.backbone, [d.radiograph.pixels for d in detections], device=self.detector.device)
-        yolo = np.stack([d.features for d in detections])
-        inputs = assemble_inputs(self.config, yolo=yolo if "yolo" in self.config.groups else None,
-                                 cnn=cnn if "cnn" in self.config.groups else None,
-                                 age_years=[np.nan if a is None else a for a in ages], sex=sexes)
-        import torch
-
-        with torch.inference_mode():
-            probs = torch.sigmoid(self.head(inputs)).numpy()
-        out = []
-        for d, p, age, sex in zip(detections, probs, ages, sexes):
-            scores = {f: float(v) for f, v in zip(self.findings, p)}
-            out.append(Analysis(d, scores, {f: scores[f] >= self.thresholds[f] for f in self.findings}, age, sex))
-        return out
-
-    def analyze_paths(self, paths: Sequence[Path], *, demographics: Mapping[str, tuple[float | None, str | None]] | None = None,
-                      on_error=None, on_done=None, allow_modality: bool = False) -> Iterator[Analysis]:
-        """Read, detect and classify files in batches; ``demographics`` (by image_id) overrides the headers."""
-        size = int(self.detector.config["batch_predict"])
-        batch: list[Detection] = []
-
-        def flush() -> list[Analysis]:
-            ages = sexes = None
-            if demographics is not None:
-                given = [demographics.get(d.radiograph.image_id) for d in batch]
-                ages = [g[0] if g else d.radiograph.meta.age_years for g, d in zip(given, batch)]
-                sexes = [g[1] if g else d.radiograph.meta.sex for g, d in zip(given, batch)]
-            done = self.analyze(batch, ages, sexes)
-            batch.clear()
-            return done
-
-        for detection in self.detector.predict_paths(paths, features=True, on_error=on_error, on_done=on_done,
-                                                     allow_modality=allow_modality):
-            batch.append(detection)
-            if len(batch) == size:
-                yield from flush()
-        if batch:
-            yield from flush()
 
 
 def read_demographics(path: str | Path) -> dict[str, tuple[float | None, str | None]]:
@@ -290,9 +232,10 @@ def classify_files(
     findings = analyzer.findings
     with progress_bar(len(paths), "classifying", progress) as advance:
         for a in analyzer.analyze_paths(paths, demographics=demographics, on_error=skip, on_done=advance,
-                                        allow_modality=allow_modality):
+                                        allow_modality=allow_modality, image_ids=unique_ids(paths)):
             rows.append({"image_id": a.image_id, "age_years": a.age_years, "sex": a.sex, **a.probabilities,
-                         **{f"{f} positive": int(a.decisions[f]) for f in findings}})
+                         **{f"{f} positive": int(a.decisions[f]) for f in findings},
+                         "path": a.detection.radiograph.meta.path})
             record = detection_record(a.detection, analyzer.detector.card)
             record |= {"age_years": a.age_years, "sex": a.sex,
                        "findings": [{"finding": f, "probability": round(a.probabilities[f], 5),
@@ -309,7 +252,7 @@ def classify_files(
                               truth=truth, probabilities=a.probabilities, decisions=a.decisions, findings=findings,
                               heatmap=heat, title=title)
     result.done = len(rows)
-    columns = ["image_id", "age_years", "sex", *findings, *(f"{f} positive" for f in findings)]
+    columns = ["image_id", "age_years", "sex", *findings, *(f"{f} positive" for f in findings), "path"]
     result.outputs["predictions"] = write_csv(out / "predictions.csv", pd.DataFrame(rows, columns=columns))
     result.outputs["per-image JSON"] = out / "json"
     if overlay:

@@ -180,9 +180,10 @@ spec = importlib.util.spec_from_file_location("tune_test", {test_file!r})
 tests = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tests)
 import hybridcxr.tune as tune
+import hybridcxr.tune.objective as objective
 from hybridcxr.classify.train import classifier_config
 
-real, calls = tune.train_head, []
+real, calls = objective.train_head, []
 
 def slow_third_trial(train, val, findings, config, callback=None, checkpoint=None):
     calls.append(1)
@@ -191,7 +192,7 @@ def slow_third_trial(train, val, findings, config, callback=None, checkpoint=Non
     callback(1, 0.5)  # one epoch reported, then "training" until killed
     time.sleep(600)
 
-tune.train_head = slow_third_trial
+objective.train_head = slow_third_trial
 tune.run_tune(tests.synthetic_data, {out!r}, trials=4, tune_config=tests.TUNE,
               base_config=classifier_config(tests.BASE))
 """
@@ -238,6 +239,8 @@ def test_sigkilled_trial_becomes_fail_and_the_rerun_completes(tmp_path, data, ca
     study = load(url)
     assert running == 2 and study.trials[2].state == TrialState.RUNNING
     assert len(study.get_trials(deepcopy=False, states=FINISHED)) == 2
+    best = yaml.safe_load((out / "best_config.yaml").read_text())  # kept up to date as trials finished
+    assert best["epochs"] == TUNE["epochs"] and "lr" in best
 
     time.sleep(TUNE["grace_period"] + 2)  # the heartbeat (second resolution in SQLite) is now stale
     with caplog.at_level(logging.WARNING, logger="hybridcxr.tune"):
@@ -249,6 +252,19 @@ def test_sigkilled_trial_becomes_fail_and_the_rerun_completes(tmp_path, data, ca
     assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     assert_numbers_consecutive(study)
     assert len(study.trials) == 5
+
+
+def test_a_trial_killed_before_its_first_heartbeat_is_failed_too(tmp_path):
+    """optuna leaves a RUNNING trial without a heartbeat row alone forever; fail_stale_trials does not."""
+    from hybridcxr.tune.storage import fail_stale_trials, open_study
+
+    settings = tune_settings({**TUNE, "grace_period": 1})
+    study = open_study(default_storage(tmp_path), "no-beat", settings, seed=0)
+    study.ask()  # created RUNNING, as by a worker killed before its heartbeat thread started
+    assert fail_stale_trials(study) == []  # within the grace period: may still be starting
+    time.sleep(1.5)
+    assert fail_stale_trials(study) == [0]
+    assert study.trials[0].state == TrialState.FAIL
 
 
 # -- PostgreSQL storage -------------------------------------------------------------------------------------

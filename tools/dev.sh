@@ -3,6 +3,7 @@
 # then runs the demo on built-in phantom data or the test suite.
 #   bash tools/dev.sh demo [OUT] [--size small|medium]   # the main job on phantom data, nothing downloaded
 #   bash tools/dev.sh test [ARGS]    # the test suite (pytest ARGS)
+#   bash tools/dev.sh lint           # ruff check (CI runs it before the tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${HYBRIDCXR_VENV:-.venv}
@@ -29,8 +30,11 @@ case "$cmd" in
   test)
     "$VENV/bin/python" -m pytest "$@"
     ;;
+  lint)
+    "$VENV/bin/ruff" check hybridcxr tests tools "$@"
+    ;;
   *)
-    echo "usage: bash tools/dev.sh demo [OUT] | test [PYTEST ARGS]" >&2
+    echo "usage: bash tools/dev.sh demo [OUT] | test [PYTEST ARGS] | lint" >&2
     exit 2
     ;;
 esac

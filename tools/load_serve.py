@@ -1,12 +1,22 @@
 """Load test of `hybridcxr serve`: a real uvicorn server, concurrent clients, latency and memory growth.
 
     python tools/load_serve.py [--model RUN] [--out runs/load_serve] [--clients 8] [--requests 200]
+                               [--big 8] [--limit-pixels 64000000] [--max-decodes 2]
 
 Starts `hybridcxr serve` in its own process on 127.0.0.1 (a free port), sends ``--clients`` threads x
 ``--requests`` POST /v1/analyze each (httpx, small phantom DICOMs and PNGs in turn), and reports errors, p50/p95
 latency and the server's resident memory (VmRSS of its PID) after the first 100 and after the last 100
-requests. Exits non-zero on any error or when memory grew more than ``--max-growth`` (10%) between the two:
-the service keeps a bounded LRU of results, so memory must level off.
+requests. Fails on any error or when memory grew more than ``--max-growth`` (10%) between the two: the
+service keeps a bounded LRU of results, so memory must level off.
+
+Then ``--big`` uploads at once (0: skip), each a PNG of ``--limit-pixels`` pixels (the largest the server
+decodes: with less than its 64 million, the server gets ``HYBRIDCXR_MAX_PIXELS`` set to it), and the server's
+peak resident memory while they run (VmHWM, reset before, and VmRSS sampled every 20 ms) is compared with the
+ceiling the service is designed to: the memory before them plus 2 images (the service's default
+``--max-decodes``) x 8 bytes a pixel (the float32 image, the decoder's 8- or 16-bit buffer and working copies;
+measured: about 5.3) x the pixels, plus 256 MiB: 1,233 MiB above the start for 64 Mpx. Fails when the peak
+passes it or an upload is not answered 200. ``--max-decodes 8`` (no bound for 8 uploads) passes it: the check
+tells a bounded server from an unbounded one.
 
 Without ``--model`` a tiny phantom run is built first under ``--out`` (phantom DICOMs, 160 px prepared set,
 a YOLOv8n detector trained 1 epoch at 128 px, a small fusion classifier), as the tests' fixtures do, and reused
@@ -16,6 +26,7 @@ by later runs. Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import socket
@@ -30,6 +41,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CLASSIFIER = {"epochs": 8, "patience": 8, "backbone_size": 64, "hidden": [32]}
+MIB = 1 << 20
+DEFAULT_LIMIT = 64_000_000  # the server's pixel limit (hybridcxr.serve.service.DEFAULT_MAX_PIXELS)
+CEILING_DECODES = 2  # decoded images the ceiling allows for: the service's default --max-decodes
+CEILING_SLACK_MIB = 256
 
 
 def build_phantom_run(out: Path) -> Path:
@@ -88,15 +103,18 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def start_server(run: Path, port: int, log: Path) -> subprocess.Popen:
+def start_server(run: Path, port: int, log: Path, max_decodes: int = 2,
+                 env_extra: dict[str, str] | None = None) -> subprocess.Popen:
     """`hybridcxr serve` in its own process (its log to ``log``); returns once /healthz answers."""
     import httpx
 
-    env = {**os.environ, "YOLO_OFFLINE": "1", "HYBRIDCXR_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env = {**os.environ, "YOLO_OFFLINE": "1", "HYBRIDCXR_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
+           **(env_extra or {})}
     env.pop("HYBRIDCXR_API_KEY", None)
     with log.open("wb") as handle:
         server = subprocess.Popen([sys.executable, "-m", "hybridcxr.cli", "serve", "--model", str(run), "--port",
-                                   str(port), "--device", "cpu"], stdout=handle, stderr=subprocess.STDOUT, env=env)
+                                   str(port), "--device", "cpu", "--max-decodes", str(max_decodes)],
+                                  stdout=handle, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -166,6 +184,83 @@ def hammer(port: int, pid: int, files: list[tuple[str, bytes, str]], clients: in
     return {"latencies": np.array(latencies), "errors": errors, "rss": rss, "wall": wall, "total": total}
 
 
+def big_png(pixels: int) -> tuple[bytes, int, int]:
+    """A PNG of at most ``pixels`` pixels (square, a smooth 8-bit pattern: small on disk); (bytes, width, height)."""
+    import cv2
+
+    side = math.isqrt(pixels)
+    ramp = np.arange(side, dtype=np.uint16)
+    image = ((ramp[:, None] + ramp[None, :] // 3) % 256).astype(np.uint8)
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        sys.exit("could not encode the large PNG")
+    return encoded.tobytes(), side, side
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory in MiB (VmHWM, since the last reset)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def big_uploads(port: int, pid: int, data: bytes, uploads: int) -> dict:
+    """``uploads`` concurrent POSTs of ``data``; statuses, wall time and the server's peak RSS while they ran."""
+    import httpx
+
+    try:  # "5": reset the peak resident memory (VmHWM) to the present one
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        reset = True
+    except OSError:
+        reset = False
+    before = rss_mib(pid)
+    sampled, done = [before], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            sampled.append(rss_mib(pid))
+
+    statuses: list[str] = []
+
+    def upload() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as http:
+            try:
+                statuses.append(str(http.post("/v1/analyze", files={"file": ("big.png", data, "image/png")})
+                                    .status_code))
+            except httpx.HTTPError as err:
+                statuses.append(type(err).__name__)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    start = time.perf_counter()
+    threads = [threading.Thread(target=upload) for _ in range(uploads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    peak = max(max(sampled), peak_rss_mib(pid) if reset else 0.0)
+    return {"before": before, "peak": peak, "statuses": statuses, "wall": wall, "hwm": reset}
+
+
+def report_big(args: argparse.Namespace, big: dict, width: int, height: int, size: int) -> bool:
+    """Print the large-upload run against its ceiling; True when it passed."""
+    ceiling = big["before"] + CEILING_DECODES * args.bytes_per_pixel * width * height / MIB + CEILING_SLACK_MIB
+    ok = big["peak"] <= ceiling and all(status == "200" for status in big["statuses"])
+    answered = ", ".join(f"{big['statuses'].count(s)} x {s}" for s in sorted(set(big["statuses"])))
+    print(f"large uploads: {args.big} at once, each a {width} x {height} PNG ({width * height / 1e6:.1f} Mpx, "
+          f"{size / MIB:.2f} MiB on the wire), server --max-decodes {args.max_decodes}: {answered} in "
+          f"{big['wall']:.1f} s")
+    print(f"server peak RSS: {big['peak']:.0f} MiB (from {big['before']:.0f} MiB before them; "
+          f"{'VmHWM and ' if big['hwm'] else ''}20 ms samples), ceiling {ceiling:.0f} MiB = before + "
+          f"{CEILING_DECODES} images x {args.bytes_per_pixel:g} B/px + {CEILING_SLACK_MIB} MiB: "
+          f"{'within' if big['peak'] <= ceiling else 'ABOVE'}")
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="classifier run folder [a tiny phantom run]")
@@ -174,21 +269,37 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200, help="per client")
     parser.add_argument("--window", type=int, default=100, help="requests before the first memory reading")
     parser.add_argument("--max-growth", type=float, default=0.10)
+    parser.add_argument("--big", type=int, default=8, help="concurrent uploads at the pixel limit (0: none)")
+    parser.add_argument("--limit-pixels", type=int, default=DEFAULT_LIMIT, help="the server's pixel limit")
+    parser.add_argument("--max-decodes", type=int, default=2, help="the server's --max-decodes")
+    parser.add_argument("--bytes-per-pixel", type=float, default=8, help="memory one decoded image may take")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     run = args.model or build_phantom_run(args.out)
     files = load_images(args.out)
+    big_data, width, height = big_png(args.limit_pixels) if args.big else (b"", 0, 0)
+    env = {"HYBRIDCXR_MAX_PIXELS": str(args.limit_pixels)} if args.limit_pixels < DEFAULT_LIMIT else {}
     port = free_port()
-    server = start_server(run, port, args.out / "server.log")
+    server = start_server(run, port, args.out / "server.log", args.max_decodes, env)
     try:
         result = hammer(port, server.pid, files, args.clients, args.requests, args.window)
+        big = big_uploads(port, server.pid, big_data, args.big) if args.big else None
     finally:
         stop(server)
+    failed = not report_small(args, run, port, server.pid, files, result)
+    if big is not None:
+        failed = not report_big(args, big, width, height, len(big_data)) or failed
+    print("RESULT " + ("FAIL" if failed else "PASS"))
+    return 1 if failed else 0
+
+
+def report_small(args: argparse.Namespace, run: Path, port: int, pid: int, files: list, result: dict) -> bool:
+    """Print the many-small-requests run; True when it had no error and memory levelled off."""
     lat = result["latencies"] * 1000
     first, last = result["rss"]["first"], result["rss"]["last"]
     growth = (last - first) / first
     cores = len(os.sched_getaffinity(0))
-    print(f"server: hybridcxr serve --model {run} on 127.0.0.1:{port} (pid {server.pid}), cores: {cores}")
+    print(f"server: hybridcxr serve --model {run} on 127.0.0.1:{port} (pid {pid}), cores: {cores}")
     print(f"uploads: {len(files)} small files in turn ({', '.join(sorted({f[2] for f in files}))})")
     print(f"requests: {result['total']} ({args.clients} clients x {args.requests}) in {result['wall']:.1f} s, "
           f"{result['total'] / result['wall']:.1f} requests/s")
@@ -197,9 +308,7 @@ def main() -> int:
           f"max {lat.max():.0f} ms")
     print(f"server RSS: {first:.1f} MiB after the first {args.window} requests, {last:.1f} MiB after the last "
           f"{args.window}: growth {100 * growth:+.1f}% (limit {100 * args.max_growth:.0f}%)")
-    failed = bool(result["errors"]) or growth > args.max_growth
-    print("RESULT " + ("FAIL" if failed else "PASS"))
-    return 1 if failed else 0
+    return not result["errors"] and growth <= args.max_growth
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ class Backbone(nn.Module):
 
 
 def build_backbone(name: BackboneName = "resnet18", weights: str | Path | None = None,
-                   input_size: int = DEFAULT_SIZE) -> Backbone:
+                   input_size: int = DEFAULT_SIZE, seed: int | None = None) -> Backbone:
     """Build a backbone and load its weights, never waiting on the network.
 
     Args:
@@ -157,6 +157,8 @@ def build_backbone(name: BackboneName = "resnet18", weights: str | Path | None =
             cache, or downloaded when online and not forbidden by ``HYBRIDCXR_OFFLINE``);
             ``None`` for random initialisation. Without weights one :class:`BackboneWeightsWarning` is issued.
         input_size: the square side images are resized to before embedding.
+        seed: seeds the random initialisation (without touching the global RNG), so two runs with one seed
+            start from the same CNN; None draws from torch's global generator.
 
     Returns:
         The backbone in eval mode on the CPU.
@@ -166,7 +168,10 @@ def build_backbone(name: BackboneName = "resnet18", weights: str | Path | None =
         InputError: for a weights file that is missing, unreadable or of another architecture.
     """
     _check_name(name)
-    backbone = Backbone(name, input_size=input_size)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        backbone = Backbone(name, input_size=input_size)
     if weights is None:
         _warn_random(name, "no weights were given")
     elif isinstance(weights, str) and weights.lower() == "imagenet":

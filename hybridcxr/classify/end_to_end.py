@@ -11,18 +11,30 @@ On a CPU it runs too (slowly): that is how the tests check it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from hybridcxr.classify.backbone import Backbone, to_backbone_input
 from hybridcxr.classify.fusion import FusionConfig, FusionHead
-from hybridcxr.classify.train import HeadResult, SplitData, choose_device, end_epoch, loss_fn, start_run
+from hybridcxr.classify.loop import (
+    HeadResult,
+    SplitData,
+    end_epoch,
+    fit_fusion,
+    loss_fn,
+    make_optimizer,
+    pos_weight,
+    start_run,
+)
+from hybridcxr.config import ClassifierConfig, ensure_config
+from hybridcxr.device import choose_device
 from hybridcxr.progress import progress_bar
-from hybridcxr.report.metrics import pos_weight
 
 
 class _Images(torch.utils.data.Dataset):
@@ -62,6 +74,71 @@ class EndToEnd(nn.Module):
         return self.head({**rest, "cnn": self.backbone(images)})
 
 
+@dataclass
+class _Step:
+    """What one epoch needs: the model and its training kit, the loaders, the device."""
+
+    model: EndToEnd
+    fusion: FusionConfig
+    criterion: Any
+    optimizer: Any
+    scaler: Any
+    device: str
+    progress: bool
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def rest(self, data: SplitData, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The head's non-CNN inputs (cached detector vector, age, sex) of ``rows``, on the device."""
+        inputs = data.inputs(self.fusion, rows.numpy())
+        inputs.pop("cnn", None)
+        return {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+
+
+def _loaders(train_paths: list[Path], val_paths: list[Path], config: ClassifierConfig, cuda: bool):
+    """DataLoaders of the prepared PNGs: worker processes and pinned memory on CUDA, in-process on the CPU."""
+    args = {"batch_size": config.e2e_batch_size, "collate_fn": _Collate(config.backbone_size), "pin_memory": cuda,
+            "num_workers": config.e2e_workers if cuda else 0}
+    return (torch.utils.data.DataLoader(_Images(train_paths), shuffle=True, drop_last=False, **args),
+            torch.utils.data.DataLoader(_Images(val_paths), shuffle=False, **args))
+
+
+def _train_epoch(step: _Step, loader, data: SplitData, epoch: int) -> float:
+    """One pass over the training images under autocast (CUDA) with gradient scaling; the mean loss."""
+    labels = torch.as_tensor(np.nan_to_num(data.labels), dtype=torch.float32)
+    step.model.train()
+    total, seen = 0.0, 0
+    with progress_bar(len(loader.dataset), f"fine-tuning, epoch {epoch}", step.progress) as advance:
+        for images, rows in loader:
+            step.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", enabled=step.cuda):
+                logits = step.model(images.to(step.device, non_blocking=True), step.rest(data, rows))
+            loss = step.criterion(logits.float(), labels[rows].to(step.device))
+            step.scaler.scale(loss).backward()
+            step.scaler.step(step.optimizer)
+            step.scaler.update()
+            total += float(loss.detach()) * len(rows)
+            seen += len(rows)
+            advance(len(rows))
+    return total / max(seen, 1)
+
+
+def _validate(step: _Step, loader, data: SplitData) -> tuple[np.ndarray, float]:
+    """Validation probabilities (N, C) and mean loss."""
+    labels = torch.as_tensor(np.nan_to_num(data.labels), dtype=torch.float32)
+    step.model.eval()
+    scores = np.zeros(data.labels.shape, np.float32)
+    total = 0.0
+    with torch.inference_mode(), torch.autocast("cuda", enabled=step.cuda):
+        for images, rows in loader:
+            logits = step.model(images.to(step.device), step.rest(data, rows)).float()
+            total += float(step.criterion(logits, labels[rows].to(step.device))) * len(rows)
+            scores[rows.numpy()] = torch.sigmoid(logits).cpu().numpy()
+    return scores, total / max(len(loader.dataset), 1)
+
+
 def train_end_to_end(
     backbone: Backbone, train: SplitData, val: SplitData, train_paths: list[Path], val_paths: list[Path],
     findings: tuple[str, ...], config: Mapping[str, Any], *, checkpoint: Path | None = None, progress: bool = True,
@@ -72,68 +149,29 @@ def train_end_to_end(
     embedding is fitted on them); ``*_paths`` are the prepared images of the same rows, in the same order.
     Resumes from ``checkpoint`` when it holds an unfinished run with the same config.
     """
-    torch.manual_seed(int(config["seed"]))
-    device = choose_device(str(config["device"]))
-    cuda = device.startswith("cuda")
-    groups = tuple(config["groups"])
-    if "cnn" not in groups:
+    config = ensure_config("classifier", config)
+    torch.manual_seed(config.seed)
+    device = choose_device(config.device)
+    if "cnn" not in config.groups:
         raise ValueError("end-to-end training fine-tunes the CNN: groups must include cnn")
-    fusion = FusionConfig.fit(findings, {g: train.features[g] for g in groups if g in ("yolo", "cnn")},
-                              age_years=train.age_years, groups=groups, hidden=tuple(config["hidden"]),
-                              dropout=float(config["dropout"]), layer_norm=bool(config["layer_norm"]))
+    fusion = fit_fusion(train, findings, config)
     model = EndToEnd(backbone, FusionHead(fusion)).to(device)
-    criterion = loss_fn(str(config["loss"]), pos_weight(train.labels, config["pos_weight"], findings), device)
-    optimizer = torch.optim.AdamW([
-        {"params": model.backbone.parameters(), "lr": float(config["backbone_lr"])},
-        {"params": model.head.parameters(), "lr": float(config["lr"])},
-    ], weight_decay=float(config["weight_decay"]))
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
-                                                           patience=int(config["lr_patience"]))
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
-    size = int(config["backbone_size"])
-    loader_args = {"batch_size": int(config["e2e_batch_size"]), "collate_fn": _Collate(size), "pin_memory": cuda,
-                   "num_workers": int(config["e2e_workers"]) if cuda else 0}
-    train_loader = torch.utils.data.DataLoader(_Images(train_paths), shuffle=True, drop_last=False, **loader_args)
-    val_loader = torch.utils.data.DataLoader(_Images(val_paths), shuffle=False, **loader_args)
-
-    def rest(data: SplitData, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        inputs = data.inputs(fusion, rows.numpy())
-        inputs.pop("cnn", None)
-        return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-
+    criterion = loss_fn(config.loss, pos_weight(train.labels, config.pos_weight, findings), device)
+    optimizer, scheduler = make_optimizer([
+        {"params": model.backbone.parameters(), "lr": config.backbone_lr},
+        {"params": model.head.parameters(), "lr": config.lr},
+    ], config)
+    step = _Step(model, fusion, criterion, optimizer, torch.amp.GradScaler("cuda", enabled=device.startswith("cuda")),
+                 device, progress)
+    train_loader, val_loader = _loaders(train_paths, val_paths, config, step.cuda)
     run = start_run(checkpoint, config, model, optimizer, scheduler)
-    labels = torch.as_tensor(np.nan_to_num(train.labels), dtype=torch.float32)
-    val_labels = torch.as_tensor(np.nan_to_num(val.labels), dtype=torch.float32)
-    for epoch in range(len(run.history) + 1, int(config["epochs"]) + 1):
-        model.train()
-        total, seen = 0.0, 0
-        with progress_bar(len(train_paths), f"fine-tuning, epoch {epoch}", progress) as advance:
-            for images, rows in train_loader:
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast("cuda", enabled=cuda):
-                    logits = model(images.to(device, non_blocking=True), rest(train, rows))
-                loss = criterion(logits.float(), labels[rows].to(device))
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                total += float(loss.detach()) * len(rows)
-                seen += len(rows)
-                advance(len(rows))
-        model.eval()
-        scores = np.zeros(val.labels.shape, np.float32)
-        val_loss = 0.0
-        with torch.inference_mode(), torch.autocast("cuda", enabled=cuda):
-            for images, rows in val_loader:
-                logits = model(images.to(device), rest(val, rows)).float()
-                val_loss += float(criterion(logits, val_labels[rows].to(device))) * len(rows)
-                scores[rows.numpy()] = torch.sigmoid(logits).cpu().numpy()
+    for epoch in range(len(run.history) + 1, config.epochs + 1):
+        train_loss = _train_epoch(step, train_loader, train, epoch)
+        scores, val_loss = _validate(step, val_loader, val)
         run = end_epoch(run, epoch, model, optimizer, scheduler, config, checkpoint, findings, val.labels, scores,
-                        total / max(seen, 1), val_loss / max(len(val_paths), 1))
-        if epoch - run.best_epoch >= int(config["patience"]):
+                        train_loss, val_loss)
+        if epoch - run.best_epoch >= config.patience:
             break
     model.load_state_dict(run.best_state)
     model = model.cpu().eval()
-    import pandas as pd
-
     return model.backbone, HeadResult(model.head, pd.DataFrame(run.history), float(run.best_auroc), int(run.best_epoch))
-

@@ -25,7 +25,7 @@ from hybridcxr.classify.train import (
     read_manifest,
     train_head,
 )
-from hybridcxr.errors import InputError
+from hybridcxr.layout import ClassifierLayout, PreparedLayout
 from hybridcxr.report.metrics import macro_auroc, micro_auroc
 
 ABLATIONS: dict[str, tuple[str, ...]] = {
@@ -41,13 +41,12 @@ def evaluate_classifier(run: str | Path, prepared: str | Path, *, split: str = "
     from hybridcxr.report.classifier_report import write_classifier_report
 
     run, prepared = Path(run), Path(prepared)
-    if not (run / "model" / "card.json").is_file():
-        raise InputError(run, "not a classifier run folder (no model/card.json)")
-    head, fusion, card = load_checkpoint(run / "model")
+    layout = ClassifierLayout(run).require()
+    head, fusion, card = load_checkpoint(layout.model)
     findings = tuple(fusion.findings)
     config = classifier_config({k: v for k, v in card["train_config"].items() if k != "cache"})
-    detector, backbone = open_models(run / "detector", config, run / "backbone.safetensors")
-    cache = cache_features(prepared, detector, backbone, run / "features", progress)
+    detector, backbone = open_models(layout.detector, config, layout.backbone)
+    cache = cache_features(prepared, detector, backbone, layout.features, progress)
     data = load_split_data(prepared, cache, findings, split)
     scores = predict_head(head, data)
     table = None
@@ -55,8 +54,9 @@ def evaluate_classifier(run: str | Path, prepared: str | Path, *, split: str = "
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             table = ablation_table(prepared, cache, findings, config, data, scores, split)
-    history = pd.read_csv(run / "history.csv") if (run / "history.csv").is_file() else None
-    summary = json.loads((prepared / "summary.json").read_text()) if (prepared / "summary.json").is_file() else {}
+    history = pd.read_csv(layout.history) if layout.history.is_file() else None
+    summary_file = PreparedLayout(prepared).summary
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     notes = [
         f"Scores of split '{split}' of {prepared} ({summary.get('source', 'unknown source')}, patients grouped: "
         f"{summary.get('grouped_by', 'unknown')}); thresholds were chosen on 'val' ({card['threshold_rule']}).",

@@ -192,6 +192,7 @@ class FusionConfig:
         """Rebuild a config from :meth:`to_dict`'s output (or a card); KeyError/ValueError when incomplete."""
         norm = data["normalisation"]
         features = norm.get("features", {})
+        _check_sizes(data)
         return cls(
             findings=tuple(data["findings"]), groups=tuple(data["groups"]), dims=dict(data["dims"]),
             hidden=tuple(data["hidden"]), dropout=data["dropout"], layer_norm=data.get("layer_norm", False),
@@ -199,6 +200,19 @@ class FusionConfig:
             feature_mean={g: v["mean"] for g, v in features.items()},
             feature_std={g: v["std"] for g, v in features.items()},
         )
+
+
+MAX_WIDTH = 65_536  # the widest layer a card may ask for (a 4e9-wide "hidden" would try to allocate TBs)
+
+
+def _check_sizes(data: Mapping[str, Any]) -> None:
+    """Refuse a card whose layer widths, input dims or finding count are not sane positive integers."""
+    sizes = {"hidden": list(data["hidden"]), "dims": list(dict(data["dims"]).values()),
+             "findings": [len(data["findings"])]}
+    for name, values in sizes.items():
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_WIDTH:
+                raise ValueError(f"{name} must be whole numbers between 1 and {MAX_WIDTH}, got {value!r}")
 
 
 class FusionHead(nn.Module):

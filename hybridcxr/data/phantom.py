@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -59,7 +58,9 @@ from scipy import ndimage
 from scipy.special import expit
 
 from hybridcxr.errors import InputError
+from hybridcxr.files import atomic_path, write_text
 from hybridcxr.findings import NO_FINDING, VINDR_CXR
+from hybridcxr.progress import progress_bar
 
 #: The findings a phantom can carry (a subset of VINDR_CXR).
 PHANTOM_FINDINGS: tuple[str, ...] = (
@@ -174,7 +175,7 @@ def _draw_findings(rng: np.random.Generator, age: int, sex: str | None) -> froze
 
 def _follow_up(rng: np.random.Generator, previous: frozenset[str]) -> frozenset[str]:
     """Findings of a patient's second image: most persist, a few appear."""
-    kept = {f for f in previous if rng.random() < 0.75}
+    kept = {f for f in PHANTOM_FINDINGS if f in previous and rng.random() < 0.75}  # a fixed order: same seed, same draws
     new = {f for f in PHANTOM_FINDINGS if f not in previous and rng.random() < 0.10}
     return frozenset(kept | new)
 
@@ -441,13 +442,28 @@ def _consolidation(rng: np.random.Generator, a: np.ndarray, an: _Anatomy, ok: np
     return None if box is None else _Box("Consolidation", box, subtle=area < 0.008 * h * w)
 
 
-def _draw(rng: np.random.Generator, h: int, w: int, plan: _Plan) -> tuple[np.ndarray, list[_Box]]:
-    """Attenuation image (0 = air, ~1 = bone) of one phantom and its true boxes."""
-    findings = plan.findings
-    an = _anatomy(rng, h, w, "Cardiomegaly" in findings)
-    u, v = an.u, an.v
-    boxes: list[_Box] = []
+@dataclass
+class _Masks:
+    """Soft masks (0-1, one value per pixel) of one phantom's anatomy and of the pleural findings in it.
 
+    Why a record: the pleural findings change which parts of the lungs are aerated (``fluid``, ``air``),
+    and both the attenuation image and the placing of lung lesions need all of them.
+    """
+
+    body: np.ndarray
+    thick: np.ndarray  # relative body thickness across the chest
+    heart: np.ndarray
+    medi: np.ndarray  # mediastinum and aortic knob
+    raw: dict[int, np.ndarray]  # side -> lung field before overlap and findings
+    behind: np.ndarray  # 1 where neither heart nor mediastinum covers the lungs
+    fluid: dict[int, np.ndarray]  # side -> pleural effusion
+    air: np.ndarray  # pneumothorax rim, where it is open
+    pleural_line: np.ndarray  # the visceral pleural line of a pneumothorax
+
+
+def _anatomy_masks(an: _Anatomy) -> _Masks:
+    """Masks of the body, heart, mediastinum and lung fields; no fluid or free air yet (draws no numbers)."""
+    u, v = an.u, an.v
     a_v = an.body_a * (0.8 + 0.2 * np.sqrt(np.clip(v / 0.14, 0, 1)))
     body = _soft(a_v - np.abs(u), 0.012) * _soft(v + 0.04, 0.02)
     body = np.maximum(body, _soft(0.075 - np.abs(u), 0.01))
@@ -459,52 +475,79 @@ def _draw(rng: np.random.Generator, h: int, w: int, plan: _Plan) -> tuple[np.nda
     raw = {s: _lung_raw(an, s) for s in (-1, 1)}
     behind = (1 - heart) * (1 - medi)
     fluid = {s: np.zeros_like(u) for s in (-1, 1)}
-    air = np.zeros_like(u)
-    pleural_line = np.zeros_like(u)
+    return _Masks(body, thick, heart, medi, raw, behind, fluid, np.zeros_like(u), np.zeros_like(u))
 
-    if "Pleural effusion" in findings:
-        for s in [[-1], [1], [-1, 1]][int(rng.choice(3, p=[0.35, 0.35, 0.3]))]:
-            mask, subtle = _effusion(rng, an, s)
-            box = _bbox((raw[s] * behind > 0.5) & (mask > 0.5))
-            if box is not None:
-                boxes.append(_Box("Pleural effusion", box, subtle))
-                fluid[s] = mask
-    if "Pneumothorax" in findings:
-        s = int(rng.choice([-1, 1]))
-        rim, line, subtle = _pneumothorax(rng, an, s)
-        open_side = raw[s] * behind * (1 - fluid[s])
-        box = _bbox(rim * open_side > 0.5)
-        if box is not None:
-            boxes.append(_Box("Pneumothorax", box, subtle))
-            air, pleural_line = rim * open_side, line * open_side
-    if "Cardiomegaly" in findings:
-        region = (heart > 0.5) & (v > hv - 0.09) & (v < an.domes[1] + 0.02)
-        box = _bbox(region)
-        if box is not None:
-            boxes.append(_Box("Cardiomegaly", box, subtle=an.ctr < 0.58))
 
+def _add_effusion(rng: np.random.Generator, an: _Anatomy, m: _Masks) -> list[_Box]:
+    """Fill the base of one or both lungs with fluid (into ``m.fluid``); one box per side that shows it."""
+    boxes: list[_Box] = []
+    for s in [[-1], [1], [-1, 1]][int(rng.choice(3, p=[0.35, 0.35, 0.3]))]:
+        mask, subtle = _effusion(rng, an, s)
+        box = _bbox((m.raw[s] * m.behind > 0.5) & (mask > 0.5))
+        if box is not None:
+            boxes.append(_Box("Pleural effusion", box, subtle))
+            m.fluid[s] = mask
+    return boxes
+
+
+def _add_pneumothorax(rng: np.random.Generator, an: _Anatomy, m: _Masks) -> list[_Box]:
+    """Open an air rim in one lung where no fluid is (into ``m.air``, ``m.pleural_line``); its box if any."""
+    s = int(rng.choice([-1, 1]))
+    rim, line, subtle = _pneumothorax(rng, an, s)
+    open_side = m.raw[s] * m.behind * (1 - m.fluid[s])
+    box = _bbox(rim * open_side > 0.5)
+    if box is None:
+        return []
+    m.air, m.pleural_line = rim * open_side, line * open_side
+    return [_Box("Pneumothorax", box, subtle)]
+
+
+def _cardiomegaly_box(an: _Anatomy, m: _Masks) -> list[_Box]:
+    """The box of an enlarged heart (already drawn wide by :func:`_anatomy`), from below the hilum to the
+    right dome; subtle when the cardiothoracic ratio is under 0.58."""
+    region = (m.heart > 0.5) & (an.v > an.heart[1] - 0.09) & (an.v < an.domes[1] + 0.02)
+    box = _bbox(region)
+    return [] if box is None else [_Box("Cardiomegaly", box, subtle=an.ctr < 0.58)]
+
+
+def _attenuation(rng: np.random.Generator, an: _Anatomy, m: _Masks, h: int, w: int, sex: str | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Attenuation of soft tissue, aerated lungs (with markings), airways, bones and breasts; returns it and
+    the aerated-lung mask. Draws vessels, then marking noise, gastric air, then bones."""
+    u, v = an.u, an.v
+    raw, fluid, behind, heart, medi, body = m.raw, m.fluid, m.behind, m.heart, m.medi, m.body
     lung = (raw[-1] * (1 - fluid[-1]) + raw[1] * (1 - fluid[1])) * behind
     wet = (raw[-1] * fluid[-1] + raw[1] * fluid[1]) * behind
-    a = 0.03 + body * (0.55 * thick ** 1.6 + 0.05) * (1 - lung * (0.72 - 0.12 * _soft(v - 0.62, 0.06)))
+    a = 0.03 + body * (0.55 * m.thick ** 1.6 + 0.05) * (1 - lung * (0.72 - 0.12 * _soft(v - 0.62, 0.06)))
     a += heart * 0.03 * _soft(an.domes[1] - v, 0.02) + medi * 0.02 + wet * 0.02 * _soft(v - an.domes[1] + 0.05, 0.03)
     hila = _soft(1 - _ellipse(np.abs(u), v, 0.1, 0.43, 0.03, 0.06), 0.3)
     markings = 0.04 * hila + 0.045 * np.clip(_vessels(rng, an, h, w), 0, 1) + 0.008 * _noise(rng, (h, w), 0.01 * w)
-    a += lung * (1 - air) * markings
+    a += lung * (1 - m.air) * markings
     a -= _soft(0.012 - np.abs(u - 0.002), 0.003) * _soft(0.33 - v, 0.03) * 0.07  # trachea
     a -= _soft(1 - _ellipse(u, v, 0.2, an.domes[1] + 0.06, 0.05, 0.025), 0.15) * rng.uniform(0.04, 0.1)  # gastric air
-    a -= air * 0.05
-    a += pleural_line * 0.04
+    a -= m.air * 0.05
+    a += m.pleural_line * 0.04
     a += _bones(rng, an) * body
-    if plan.patient.sex == "F":
+    if sex == "F":
         for s in (-1, 1):
             cu, _, au, _ = an.lungs[s]
             a += 0.04 * _soft(1 - _ellipse(u, v, cu + s * 0.4 * au, 0.74, 0.2, 0.13), 0.3) * body
+    return a, lung
 
-    ok = (lung > 0.85) & (air < 0.2)
+
+def _add_lung_lesions(rng: np.random.Generator, a: np.ndarray, an: _Anatomy, m: _Masks, lung: np.ndarray,
+                      findings: frozenset[str], w: int) -> list[_Box]:
+    """Add a consolidation and 1-2 nodules into ``a``, inside aerated lung away from free air; their boxes.
+
+    A consolidation goes into a random lung, or the other one when that has no room; a second nodule is
+    kept apart from the first.
+    """
+    boxes: list[_Box] = []
+    ok = (lung > 0.85) & (m.air < 0.2)
     if "Consolidation" in findings:
         s = int(rng.choice([-1, 1]))
-        box = _consolidation(rng, a, an, ok & (raw[s] > 0.5), s) or _consolidation(
-            rng, a, an, ok & (raw[-s] > 0.5), -s)
+        box = _consolidation(rng, a, an, ok & (m.raw[s] > 0.5), s) or _consolidation(
+            rng, a, an, ok & (m.raw[-s] > 0.5), -s)
         if box is not None:
             boxes.append(box)
     if "Nodule/Mass" in findings:
@@ -515,6 +558,26 @@ def _draw(rng: np.random.Generator, h: int, w: int, plan: _Plan) -> tuple[np.nda
                 x0, y0, x1, y1 = (int(c) for c in box.box)
                 pad = x1 - x0
                 ok[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad] = False  # a second one lies apart
+    return boxes
+
+
+def _draw(rng: np.random.Generator, h: int, w: int, plan: _Plan) -> tuple[np.ndarray, list[_Box]]:
+    """Attenuation image (0 = air, ~1 = bone) of one phantom and its true boxes.
+
+    The order of the steps is the order of the random draws, which the seed's outputs depend on.
+    """
+    findings = plan.findings
+    an = _anatomy(rng, h, w, "Cardiomegaly" in findings)
+    m = _anatomy_masks(an)
+    boxes: list[_Box] = []
+    if "Pleural effusion" in findings:
+        boxes += _add_effusion(rng, an, m)
+    if "Pneumothorax" in findings:
+        boxes += _add_pneumothorax(rng, an, m)
+    if "Cardiomegaly" in findings:
+        boxes += _cardiomegaly_box(an, m)
+    a, lung = _attenuation(rng, an, m, h, w, plan.patient.sex)
+    boxes += _add_lung_lesions(rng, a, an, m, lung, findings, w)
     return a, boxes
 
 
@@ -698,19 +761,10 @@ def _dataset(plan: _Plan, rendered: _Rendered, seed: int):
     return ds
 
 
-def _replace_atomically(path: Path, write) -> None:
-    """Write ``path`` through a temporary file in the same folder, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    _replace_atomically(path, lambda tmp: frame.to_csv(tmp, index=False, lineterminator="\n"))
+    """Write a table atomically, with ``\\n`` line ends so the tables are byte-identical on every platform."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\n")
 
 
 def _prepare_root(out: Path) -> None:
@@ -740,34 +794,40 @@ def _readme(n: int, seed: int, n_train: int, n_test: int, size: tuple[int, int] 
     )
 
 
-def _make_one(job: tuple[_Plan, int, tuple[int, int] | None, str]) -> tuple[_Plan, set[str], list[dict], list[dict]]:
+#: What :func:`_make_one` returns: the plan, its true findings, annotation rows and image-label rows.
+_Result = tuple[_Plan, set[str], list[dict], list[dict]]
+
+
+def _make_one(job: tuple[_Plan, int, tuple[int, int] | None, str]) -> _Result:
     """Draw and write one phantom; return its plan, true findings, annotation rows and image-label rows."""
     plan, seed, size, root = job
     rendered = _render(plan, seed, size)
     rows, label_rows = _reader_rows(plan, seed, rendered.boxes, rendered.stored.shape)
     ds = _dataset(plan, rendered, seed)
     path = Path(root) / plan.split / f"{plan.image_id}.dicom"
-    _replace_atomically(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
     return plan, {b.finding for b in rendered.boxes}, rows, label_rows
 
 
-def _results(jobs: list, workers: int, progress: bool) -> Iterator[tuple[_Plan, set[str], list[dict], list[dict]]]:
-    """Results of :func:`_make_one` in job order, in ``workers`` processes, with an optional tqdm bar."""
+def _results(jobs: list, workers: int, progress: bool) -> Iterator[_Result]:
+    """Results of :func:`_make_one` in job order, in ``workers`` processes, advancing the shared progress
+    bar (:func:`hybridcxr.progress.progress_bar`) once per image written."""
+    with progress_bar(len(jobs), "phantoms", progress) as advance:
+        for result in _map_jobs(jobs, workers):
+            advance()
+            yield result
+
+
+def _map_jobs(jobs: list, workers: int) -> Iterator[_Result]:
+    """:func:`_make_one` over ``jobs`` in job order: in this process, or in a pool of ``workers``."""
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers) as pool:
-            yield from _with_bar(pool.map(_make_one, jobs, chunksize=4), len(jobs), progress)
+            yield from pool.map(_make_one, jobs, chunksize=4)
     else:
-        yield from _with_bar(map(_make_one, jobs), len(jobs), progress)
-
-
-def _with_bar(items: Iterator, total: int, enabled: bool) -> Iterator:
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return iter(tqdm(items, total=total, desc="phantoms", unit="image"))
+        yield from map(_make_one, jobs)
 
 
 def make_phantom_dataset(
@@ -788,7 +848,7 @@ def make_phantom_dataset(
         seed: fixes everything written, whatever ``workers`` is.
         test_fraction: share of images in ``test/`` (whole patients go to one split).
         size: ``(rows, columns)`` of every image; by default each image draws its own portrait size.
-        progress: show a tqdm progress bar.
+        progress: show a progress bar on stderr.
         workers: processes drawing images (about 0.13 s per default-size image each).
 
     Returns:
@@ -822,7 +882,7 @@ def make_phantom_dataset(
         _write_csv(lab, root / "annotations" / f"image_labels_{split}.csv")
     n_test = sum(p.split == "test" for p in plans)
     readme = _readme(n, seed, n - n_test, n_test, size)
-    _replace_atomically(root / "README.txt", lambda tmp: tmp.write_text(readme))
+    write_text(root / "README.txt", readme)
     return PhantomSummary(root, n - n_test, n_test, len({p.patient.patient_id for p in plans}),
                           positives, boxes, seed)
 

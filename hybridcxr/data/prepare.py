@@ -26,30 +26,43 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from hybridcxr.data.boxes import BoxStats, FusionMethod, clip_boxes, fuse_readers
+from hybridcxr.config import Fusion, LabelRule, load_config
+from hybridcxr.data.boxes import BoxStats, clip_boxes, fuse_readers
 from hybridcxr.data.schema import SourceTables
 from hybridcxr.data.splits import SplitSummary, assign_splits, check_leakage, summarize
 from hybridcxr.errors import DatasetError, HybridCXRError
+from hybridcxr.layout import PreparedLayout
 from hybridcxr.files import atomic_path, read_json_or_none, write_csv, write_json, write_text
 from hybridcxr.progress import progress_bar
 
 SPLITS = ("train", "val", "test")
 
 
+_SETTINGS = ("size", "bits", "fusion", "iou", "label_rule", "split", "seed", "keep_official_test")
+
+
 @dataclass
 class PrepareOptions:
-    """Knobs of :func:`prepare`; the CLI exposes each one."""
+    """Knobs of :func:`prepare`: the job's settings (None = the default of ``configs/prepare.yaml``, or of
+    ``configs/datasets/<dataset>.yaml``) validated once, here, plus how to run (workers, modality, progress)."""
 
-    size: int = 512
-    bits: int = 8
+    size: int | None = None
+    bits: int | None = None
+    fusion: Fusion | None = None
+    iou: float | None = None
+    label_rule: LabelRule | None = None
+    split: list[float] | None = None
+    seed: int | None = None
+    keep_official_test: bool | None = None
+    dataset: str | None = None
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    fusion: FusionMethod = "wbf"
-    iou_thr: float = 0.4
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 0
-    keep_official_test: bool = True
     allow_modality: bool = False
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        config = load_config("prepare", dataset=self.dataset, overrides={k: getattr(self, k) for k in _SETTINGS})
+        for key in _SETTINGS:
+            setattr(self, key, config[key])
 
 
 @dataclass
@@ -129,8 +142,6 @@ def prepare(tables: SourceTables, out: str | Path, options: PrepareOptions | Non
     skipped and listed, never fatal. Raises DatasetError when nothing at all could be prepared.
     """
     opts = options or PrepareOptions()
-    if opts.bits not in (8, 16):
-        raise ValueError(f"bits must be 8 or 16, not {opts.bits}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _remove_leftover_temp_files(out)
@@ -153,19 +164,20 @@ def prepare(tables: SourceTables, out: str | Path, options: PrepareOptions | Non
     stats = BoxStats()
     sizes = done.set_index("image_id")[["width", "height"]]
     raw = tables.boxes[tables.boxes["image_id"].isin(sizes.index)]
-    fused = fuse_readers(clip_boxes(raw, sizes, stats=stats), sizes, method=opts.fusion, iou_thr=opts.iou_thr, stats=stats)
+    fused = fuse_readers(clip_boxes(raw, sizes, stats=stats), sizes, method=opts.fusion, iou_thr=opts.iou, stats=stats)
 
     _write_yolo(out, done, fused, findings)
     manifest_cols = ["image_id", "path", "image", "patient_id", "age_years", "sex", "view", "split",
                      *findings, "width", "height", "prepared_width", "prepared_height"]
     manifest = done[manifest_cols]
-    write_csv(out / "manifest.csv", manifest)
-    write_csv(out / "boxes.csv", fused)
+    layout = PreparedLayout(out)
+    write_csv(layout.manifest, manifest)
+    write_csv(layout.boxes, fused)
     write_csv(out / "skipped.csv", pd.DataFrame([vars(s) for s in skipped], columns=["image_id", "path", "reason"]))
     split_summary = summarize(done, findings)
     result = PrepareResult(out, tables.name, findings, manifest, fused, skipped, stats, split_summary,
                            decoded, reused, warn_texts, [*tables.notes, *split_summary.notes])
-    write_json(out / "summary.json", result.summary())
+    write_json(layout.summary, result.summary())
     return result
 
 
@@ -184,7 +196,7 @@ def _split(studies: pd.DataFrame, findings: tuple[str, ...], opts: PrepareOption
     keep = opts.keep_official_test and (official == "test").any() and (official != "test").any()
     studies["split"] = np.where(keep & (official == "test"), "test", "")
     # kept test rows (and their patients' other images) stay; the rest go to train/val at the same ratio
-    studies, _ = assign_splits(studies, findings, fractions=opts.fractions, names=SPLITS, seed=opts.seed,
+    studies, _ = assign_splits(studies, findings, fractions=tuple(opts.split), names=SPLITS, seed=opts.seed,
                                keep_existing=bool(keep))
     check_leakage(studies)
     return studies
@@ -346,7 +358,7 @@ def _write_yolo(out: Path, done: pd.DataFrame, fused: pd.DataFrame, findings: tu
     if "val" not in present and "train" in present:
         data["val"] = "images/train"
     header = "# hybridcxr prepared dataset: YOLO layout, boxes fused across readers (see manifest.csv)\n"
-    write_text(out / "data.yaml", header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    write_text(PreparedLayout(out).data_yaml, header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def _yolo_lines(boxes: pd.DataFrame, width: float, height: float, index: dict[str, int]) -> Iterable[str]:

@@ -273,6 +273,86 @@ def _check_fractions(fractions: Sequence[float], names: Sequence[str]) -> None:
         raise ValueError(f"fractions must sum to 1, got {list(fractions)} (sum {sum(fractions):g})")
 
 
+def _existing_splits(studies: pd.DataFrame, keep_existing: bool) -> np.ndarray:
+    """Per row, the split to keep (stripped; "" for none): the table's ``split`` column with
+    ``keep_existing``, else "" everywhere."""
+    if keep_existing and "split" in studies.columns:
+        return studies["split"].fillna("").astype(str).str.strip().to_numpy()
+    return np.full(len(studies), "", dtype=object)
+
+
+def _fixed_group_splits(grp: _Groups, existing: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Per group, the existing split it keeps ("" for a group still to divide), and a note on the unassigned
+    images pulled into their patient's split.
+
+    A group with any image in an existing split keeps that split for all its images, so a patient cannot
+    straddle a kept split and a new one; a group already in two splits raises LeakageError.
+    """
+    group_split = np.full(len(grp.keys), "", dtype=object)
+    has_existing = existing != ""
+    if not has_existing.any():
+        return group_split, []
+    fixed = pd.DataFrame({"g": grp.codes[has_existing], "s": existing[has_existing]}).drop_duplicates()
+    multi = fixed.groupby("g")["s"].agg(lambda s: tuple(sorted(s)))
+    clash = multi[multi.map(len) > 1]
+    if len(clash):
+        raise LeakageError({str(grp.keys[g]): s for g, s in clash.items()})
+    group_split[multi.index.to_numpy()] = [s[0] for s in multi]
+    pulled = int((~has_existing & (group_split[grp.codes] != "")).sum())
+    if not pulled:
+        return group_split, []
+    note = (f"{pulled} unassigned image{'s' if pulled != 1 else ''} joined the existing split of "
+            f"{'their' if pulled != 1 else 'its'} patient")
+    return group_split, [note]
+
+
+def _target_splits(names: Sequence[str], fractions: Sequence[float], used: set[str]
+                   ) -> tuple[list[str], list[float]]:
+    """The non-empty splits the remaining groups are divided over (those not already used, or all of them
+    when every one is) and their fractions, rescaled to sum to 1."""
+    candidates = [(n, f) for n, f in zip(names, fractions) if n not in used and f > 0]
+    if not candidates:
+        candidates = [(n, f) for n, f in zip(names, fractions) if f > 0]
+    total = sum(f for _, f in candidates)
+    return [n for n, _ in candidates], [f / total for _, f in candidates]
+
+
+def _divide_movable(group_split: np.ndarray, movable: np.ndarray, labels: np.ndarray, sizes: np.ndarray,
+                    target_names: list[str], target_fractions: list[float], seed: int, unit: str) -> None:
+    """In place: give every movable group one of ``target_names``, by iterative stratification (seeded)
+    then the rare-finding repair. DatasetError when there are fewer movable groups than target splits."""
+    n_movable = int(movable.sum())
+    if n_movable < len(target_names):
+        raise DatasetError(
+            _TABLE,
+            f"only {n_movable} {unit} to divide over {len(target_names)} splits {target_names}; "
+            f"each non-empty split needs at least one",
+        )
+    idx = np.flatnonzero(movable)
+    rng = np.random.RandomState(seed)
+    parts = np.full(len(group_split), -1, dtype=int)
+    parts[idx] = _stratified_parts(_stratify_targets(labels[idx], sizes[idx]), target_fractions, rng)
+    _repair(parts, labels, sizes, movable, target_fractions)
+    group_split[idx] = np.asarray(target_names, dtype=object)[parts[idx]]
+
+
+def _unreached_notes(findings: Sequence[str], labels: np.ndarray, group_split: np.ndarray,
+                     movable: np.ndarray, target_names: list[str], unit: str) -> list[str]:
+    """Notes on findings with movable positive groups that still have no positive group in some target
+    split (too few positives to go round): their AUROC will be undefined there."""
+    pos_patients = {t: labels[(group_split == t)].sum(axis=0) for t in target_names}
+    notes = []
+    for j, finding in enumerate(findings):
+        absent = [t for t in target_names if pos_patients[t][j] == 0]
+        total_pos = int(labels[movable, j].sum())
+        if absent and total_pos:
+            notes.append(
+                f"{finding!r} has no positive image in {', '.join(absent)} "
+                f"({total_pos} positive {unit} to divide over {len(target_names)} splits)"
+            )
+    return notes
+
+
 def assign_splits(
     studies: pd.DataFrame,
     findings: Sequence[str],
@@ -313,79 +393,22 @@ def assign_splits(
         raise DatasetError(_TABLE, "study table is empty: nothing to split")
     rows = _label_matrix(studies, findings)
     grp = _groups(studies)
-    n_groups = len(grp.keys)
-    labels, sizes = _group_labels(rows, grp.codes, n_groups)
-    notes = list(grp.notes)
-
-    existing = (
-        studies["split"].fillna("").astype(str).str.strip().to_numpy()
-        if "split" in studies.columns
-        else np.full(len(studies), "", dtype=object)
-    )
-    if not keep_existing:
-        existing = np.full(len(studies), "", dtype=object)
-
-    # a group with any image in an existing split keeps that split for all its images
-    group_split = np.full(n_groups, "", dtype=object)
-    has_existing = existing != ""
-    if has_existing.any():
-        fixed = pd.DataFrame({"g": grp.codes[has_existing], "s": existing[has_existing]}).drop_duplicates()
-        multi = fixed.groupby("g")["s"].agg(lambda s: tuple(sorted(s)))
-        clash = multi[multi.map(len) > 1]
-        if len(clash):
-            raise LeakageError({str(grp.keys[g]): s for g, s in clash.items()})
-        group_split[multi.index.to_numpy()] = [s[0] for s in multi]
-        pulled = int((~has_existing & (group_split[grp.codes] != "")).sum())
-        if pulled:
-            notes.append(
-                f"{pulled} unassigned image{'s' if pulled != 1 else ''} joined the existing split of "
-                f"{'their' if pulled != 1 else 'its'} patient"
-            )
+    labels, sizes = _group_labels(rows, grp.codes, len(grp.keys))
+    group_split, pulled_notes = _fixed_group_splits(grp, _existing_splits(studies, keep_existing))
+    notes = list(grp.notes) + pulled_notes
     movable = group_split == ""
     used = set(group_split[~movable])
-
-    # the names remaining patients are divided over, and their rescaled fractions
-    candidates = [(n, f) for n, f in zip(names, fractions) if n not in used and f > 0]
-    if not candidates:
-        candidates = [(n, f) for n, f in zip(names, fractions) if f > 0]
-    target_names = [n for n, _ in candidates]
-    total = sum(f for _, f in candidates)
-    target_fractions = [f / total for _, f in candidates]
-
-    n_movable = int(movable.sum())
+    target_names, target_fractions = _target_splits(names, fractions, used)
     unit = "patients" if grp.grouped_by == "patient" else "images"
-    if n_movable:
-        if n_movable < len(target_names):
-            raise DatasetError(
-                _TABLE,
-                f"only {n_movable} {unit} to divide over {len(target_names)} splits {target_names}; "
-                f"each non-empty split needs at least one",
-            )
-        idx = np.flatnonzero(movable)
-        rng = np.random.RandomState(seed)
-        parts = np.full(n_groups, -1, dtype=int)
-        parts[idx] = _stratified_parts(_stratify_targets(labels[idx], sizes[idx]), target_fractions, rng)
-        _repair(parts, labels, sizes, movable, target_fractions)
-        group_split[idx] = np.asarray(target_names, dtype=object)[parts[idx]]
+    if movable.any():
+        _divide_movable(group_split, movable, labels, sizes, target_names, target_fractions, seed, unit)
 
     out = studies.copy()
     out["split"] = group_split[grp.codes].astype(str)
-
-    order = [*names, *sorted(s for s in used if s not in names)]
-    summary = summarize(out, findings, order=order)
+    summary = summarize(out, findings, order=[*names, *sorted(s for s in used if s not in names)])
     summary.notes = notes + [n for n in summary.notes if n not in notes]
-    # findings that could not reach every split they were stratified over
-    pos_patients = {t: labels[(group_split == t)].sum(axis=0) for t in target_names} if n_movable else {}
-    for j, finding in enumerate(findings):
-        if not n_movable:
-            break
-        absent = [t for t in target_names if pos_patients[t][j] == 0]
-        total_pos = int(labels[movable, j].sum())
-        if absent and total_pos:
-            summary.notes.append(
-                f"{finding!r} has no positive image in {', '.join(absent)} "
-                f"({total_pos} positive {unit} to divide over {len(target_names)} splits)"
-            )
+    if movable.any():
+        summary.notes += _unreached_notes(findings, labels, group_split, movable, target_names, unit)
     return out, summary
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from hybridcxr.detect.metrics import DetectionReport, Interpolation, add_no_finding, evaluate_detections, parse_submission
 from hybridcxr.errors import DataWarning, DatasetError, InputError
 from hybridcxr.findings import NO_FINDING, VINDR_CXR
+from hybridcxr.layout import PreparedLayout
 
 
 def read_predictions(path: str | Path) -> tuple[pd.DataFrame, list[str] | None]:
@@ -42,7 +43,7 @@ def read_truth(path: str | Path, split: str | None) -> tuple[pd.DataFrame, list[
     """Truth box table, the split's image ids (None without a split) and every image the truth knows."""
     path = Path(path)
     if path.is_dir():
-        boxes_path, manifest_path = path / "boxes.csv", path / "manifest.csv"
+        boxes_path, manifest_path = PreparedLayout(path).boxes, PreparedLayout(path).manifest
         for needed in (boxes_path, manifest_path):
             if not needed.is_file():
                 raise DatasetError(needed, "missing: is this a folder made by `hybridcxr prepare`?")

@@ -4,24 +4,16 @@ The vector is the global average of the SPPF output (the backbone's summary of t
 three neck outputs that feed the Detect head (P3/8, P4/16, P5/32), concatenated in that order: 256 + 64 +
 128 + 256 = 704 values for YOLOv8n, and the card records the dimension. They are taken with forward hooks
 during the detection forward pass, so detection and features cost one pass.
-
->>> detector = Detector.load("runs/det")                           # doctest: +SKIP
->>> ids, feats = pooled_features(detector, ["a.dcm", "b.png"])    # doctest: +SKIP
->>> feats.shape                                                    # doctest: +SKIP
-(2, 704)
+``Detector.predict(..., features=True)`` returns them with the boxes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from hybridcxr.detect.predict import Detector
 
 
 def feature_layers(model: Any) -> tuple[list[int], list[int]]:
@@ -72,16 +64,3 @@ class FeatureHooks:
 def concat_pooled(parts: Sequence[np.ndarray]) -> np.ndarray:
     """One (N, D) feature matrix from the per-layer pooled outputs."""
     return np.concatenate(parts, axis=1)
-
-
-def pooled_features(
-    detector: Detector, inputs: Iterable[str | Path], *, on_error: Callable[[Path, Exception], None] | None = None,
-    on_done: Callable[[int], None] | None = None,
-) -> tuple[list[str], np.ndarray]:
-    """Pooled features of every readable input (batched); returns image ids and an (N, D) float32 array."""
-    ids, rows = [], []
-    for detection in detector.predict_paths(inputs, features=True, on_error=on_error, on_done=on_done):
-        ids.append(detection.radiograph.image_id)
-        rows.append(detection.features)
-    dim = detector.feature_dim
-    return ids, (np.stack(rows) if rows else np.zeros((0, dim), np.float32))

@@ -70,6 +70,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from hybridcxr.data.boxes import pair_iou
 from hybridcxr.errors import DataWarning, DatasetError
 from hybridcxr.findings import NO_FINDING, VINDR_CXR, canonical
 
@@ -225,9 +226,7 @@ def mean_average_precision(
     """
     data = _Prepared.build(pred, truth, image_ids)
     classes = _classes(findings, include_no_finding)
-    per_class = pd.Series({c: _class_ap(data, c, iou_thr, interpolation) for c in classes},
-                          dtype=float, name="ap")
-    per_class.index.name = "finding"
+    per_class = _per_class_ap(data, classes, iou_thr, interpolation)
     valid = per_class.dropna()
     return (float(valid.mean()) if len(valid) else math.nan), per_class
 
@@ -314,9 +313,7 @@ def evaluate_detections(
     """
     data = _Prepared.build(pred, truth, image_ids)
     classes = _classes(findings, include_no_finding)
-    per_class = pd.Series({c: _class_ap(data, c, iou_thr, interpolation) for c in classes},
-                          dtype=float, name="ap")
-    per_class.index.name = "finding"
+    per_class = _per_class_ap(data, classes, iou_thr, interpolation)
     valid = per_class.dropna()
     counts = data.truth["finding"].value_counts()
     n_gt = pd.Series({c: int(counts.get(c, 0)) for c in classes}, dtype=int, name="n_gt")
@@ -542,16 +539,11 @@ class _Prepared:
                 t["img"].to_numpy(), t[_COORDS].to_numpy(dtype=float))
 
 
-def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of each row of ``a`` with the same row of ``b`` (boxes x_min, y_min, x_max, y_max)."""
-    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = iw * ih
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a + area_b - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
+def _per_class_ap(data: _Prepared, classes: Sequence[str], iou_thr: float, interpolation: Interpolation) -> pd.Series:
+    """AP of each class (NaN where a class has no ground truth), as a Series named ``ap`` indexed by finding."""
+    per_class = pd.Series({c: _class_ap(data, c, iou_thr, interpolation) for c in classes}, dtype=float, name="ap")
+    per_class.index.name = "finding"
+    return per_class
 
 
 def _match(
@@ -575,7 +567,7 @@ def _match(
     pair_pred = np.repeat(np.arange(n), count)
     first_pair = np.cumsum(count) - count
     pair_gt = np.repeat(start, count) + (np.arange(total) - np.repeat(first_pair, count))
-    iou = _pair_iou(pred_boxes[pair_pred], gt_boxes[pair_gt])
+    iou = pair_iou(pred_boxes[pair_pred], gt_boxes[pair_gt])
 
     if rule == "voc2010":
         # Best truth box of each prediction, matched or not (lowest index on ties, as VOCevaldet.m).

@@ -15,7 +15,7 @@ clipped to the image.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hybridcxr.config import detector_config
 from hybridcxr.detect.features import FeatureHooks, concat_pooled
 from hybridcxr.detect.ultralytics_env import cpu_threads, setup_torch_threads
 from hybridcxr.detect.weights import load_detector
@@ -88,8 +89,6 @@ class Detector:
     """A loaded detector: letterbox, forward, NMS and box mapping, batched; optional pooled features."""
 
     def __init__(self, model: Any, card: dict[str, Any], device: str, config: dict[str, Any] | None = None) -> None:
-        from hybridcxr.detect.train import detector_config
-
         self.model, self.card, self.device = model, card, device
         self.findings: list[str] = list(card["findings"])
         self.imgsz = int(card["imgsz"])
@@ -150,7 +149,7 @@ class Detector:
     def predict(self, radiographs: Sequence[Radiograph], *, conf: float | None = None, tta: bool = False,
                 features: bool = False) -> list[Detection]:
         """Detect on decoded radiographs, batched by ``config['batch_predict']``."""
-        size = int(self.config["batch_predict"])
+        size = self.config["batch_predict"]
         out: list[Detection] = []
         for start in range(0, len(radiographs), size):
             prepared = [self.prepare(r) for r in radiographs[start:start + size]]
@@ -160,20 +159,24 @@ class Detector:
     def predict_paths(
         self, paths: Iterable[str | Path], *, conf: float | None = None, tta: bool = False, features: bool = False,
         allow_modality: bool = False, on_error: Callable[[Path, HybridCXRError], None] | None = None,
-        on_done: Callable[[int], None] | None = None,
+        on_done: Callable[[int], None] | None = None, image_ids: Mapping[Path, str] | None = None,
     ) -> Iterator[Detection]:
         """Read, letterbox and detect files in batches, decoding in threads ahead of the network.
 
         At most two batches are decoded ahead (by :func:`decode_threads` threads), so memory stays flat
         however many files there are. A file that cannot be read is passed to ``on_error`` (else raised)
-        and skipped; ``on_done(n)`` is called as files are handled.
+        and skipped; ``on_done(n)`` is called as files are handled. ``image_ids`` (path -> id) overrides the
+        ids read from file names (a batch's unique ids, see :func:`hybridcxr.pipeline.unique_ids`).
         """
-        size = int(self.config["batch_predict"])
+        size = self.config["batch_predict"]
         decoders = decode_threads(not self.device.startswith("cuda"))
 
         def load(path: Path) -> Prepared | HybridCXRError:
             try:
-                return self.prepare(read_radiograph(path, allow_modality=allow_modality))
+                radiograph = read_radiograph(path, allow_modality=allow_modality)
+                if image_ids is not None and path in image_ids:
+                    radiograph = radiograph.renamed(image_ids[path])
+                return self.prepare(radiograph)
             except HybridCXRError as err:
                 return err
 
@@ -237,7 +240,7 @@ class Detector:
         norm = np.array([radiograph.width, radiograph.height] * 2, np.float32)
         boxes, scores, labels = weighted_boxes_fusion(
             [a[:, :4] / norm, b[:, :4] / norm], [a[:, 4], b[:, 4]], [a[:, 5], b[:, 5]],
-            iou_thr=float(self.config["tta_iou"]), skip_box_thr=conf)
+            iou_thr=self.config["tta_iou"], skip_box_thr=conf)
         merged = np.column_stack([np.clip(boxes, 0.0, 1.0) * norm, scores, labels]).astype(np.float32)
         merged[:, [0, 2]] = merged[:, [0, 2]].clip(0, radiograph.width)  # float32 rounding stays inside
         merged[:, [1, 3]] = merged[:, [1, 3]].clip(0, radiograph.height)

@@ -20,11 +20,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from hybridcxr.config import load_config
+from hybridcxr.config import detector_config as detector_config  # re-exported: the job's config
+from hybridcxr.config import ensure_config
+from hybridcxr.device import detector_devices
 from hybridcxr.detect.ultralytics_env import cpu_threads, import_ultralytics
 from hybridcxr.detect.weights import export_detector
 from hybridcxr.errors import DataWarning, DatasetError, InputError
-from hybridcxr.files import atomic_path, read_json_or_none, write_json
+from hybridcxr.layout import DetectorLayout, PreparedLayout
+from hybridcxr.files import read_json_or_none, write_json
 
 log = logging.getLogger(__name__)
 
@@ -43,34 +46,16 @@ class DetectorRun:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in m.items()) or "no validation metrics"
         return (f"Detector trained for {self.card['epochs_trained']} epochs"
                 f"{' (resumed)' if self.resumed else ''} on {self.card['device']}: {scores}\n"
-                f"weights: {self.weights}\ncurves:  {self.out / 'training_curves.png'}")
-
-
-def detector_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults from ``configs/detector.yaml`` with ``overrides`` applied (nested keys by bare name)."""
-    return load_config("detector", overrides=overrides)
+                f"weights: {self.weights}\ncurves:  {DetectorLayout(self.out).curves}")
 
 
 def resolve_data_yaml(data: str | Path) -> Path:
     """``data.yaml`` of a prepared folder (or the yaml itself); raises DatasetError where there is none."""
     path = Path(data)
-    path = path / "data.yaml" if path.is_dir() else path
+    path = PreparedLayout(path).data_yaml if path.is_dir() else path
     if not path.is_file():
         raise DatasetError(path, "no data.yaml here; make one with `hybridcxr prepare`")
     return path
-
-
-def choose_device(setting: str | int) -> tuple[str, bool]:
-    """The ultralytics device string and whether AMP may be used: every CUDA GPU, else the CPU."""
-    import torch
-
-    if str(setting) != "auto":
-        device = str(setting)
-        return device, device != "cpu" and torch.cuda.is_available()
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if n == 0:
-        return "cpu", False
-    return ",".join(str(i) for i in range(n)), True
 
 
 def train_detector(data: str | Path, out: str | Path, config: dict[str, Any] | None = None) -> DetectorRun:
@@ -85,21 +70,21 @@ def train_detector(data: str | Path, out: str | Path, config: dict[str, Any] | N
     Raises:
         DatasetError: No ``data.yaml``; InputError: ``out`` already holds a finished detector.
     """
-    config = config or detector_config()
+    config = ensure_config("detector", config)
     data_yaml = resolve_data_yaml(data)
     out = Path(out).resolve()
-    card_path = out / "weights" / "best.json"
-    if card_path.is_file():
+    layout = DetectorLayout(out)
+    if layout.card.is_file():
         raise InputError(out, "already holds a trained detector (weights/best.json); choose another --out")
-    last = out / "weights" / "last.pt"
-    resumed = bool(config["resume"]) and last.is_file()
+    last = layout.last_pt
+    resumed = config["resume"] and last.is_file()
 
     ultralytics = import_ultralytics()
-    device, amp_ok = choose_device(config["device"])
+    device, amp_ok = detector_devices(config["device"])
     workers = config["workers"]
     if workers == "auto":
         workers = 8 if device != "cpu" else cpu_threads()
-    if resumed and (out / "weights" / DONE_MARKER).is_file():
+    if resumed and layout.done_marker.is_file():
         # killed after the last epoch but before the export (ultralytics has stripped last.pt by then and
         # would refuse to resume it): only the export is left
         log.info("training in %s had finished; exporting its weights", out)
@@ -111,42 +96,41 @@ def train_detector(data: str | Path, out: str | Path, config: dict[str, Any] | N
     else:
         model = ultralytics.YOLO(_model_source(config["model"]))
         args = {
-            "data": str(data_yaml), "epochs": int(config["epochs"]), "imgsz": int(config["imgsz"]),
-            "batch": config["batch"], "device": device, "amp": bool(config["amp"]) and amp_ok,
-            "workers": int(workers), "patience": int(config["patience"]), "seed": int(config["seed"]),
+            "data": str(data_yaml), "epochs": config["epochs"], "imgsz": config["imgsz"],
+            "batch": config["batch"], "device": device, "amp": config["amp"] and amp_ok,
+            "workers": int(workers), "patience": config["patience"], "seed": config["seed"],
             "deterministic": True, "project": str(out.parent), "name": out.name, "exist_ok": True,
             "verbose": False, **config["augment"], **config["ultralytics"],
         }
         model.add_callback("on_fit_epoch_end", _mark_training_done)
-        model.train(**args)
-    best = out / "weights" / "best.pt"
-    if not best.is_file():
-        best = last
-    results = _read_results(out / "results.csv")
-    summary = read_json_or_none(data_yaml.parent / "summary.json") or {}
+        from hybridcxr.detect.trainer import AtomicDetectionTrainer
+
+        model.train(**args, trainer=AtomicDetectionTrainer)
+    best = layout.best_pt if layout.best_pt.is_file() else last
+    results = _read_results(layout.results)
+    summary = read_json_or_none(PreparedLayout(data_yaml.parent).summary) or {}
     card = {
         "epochs_trained": int(len(results)),
         "device": device,
-        "amp": bool(config["amp"]) and amp_ok,
+        "amp": config["amp"] and amp_ok,
         "data": str(data_yaml),
         "data_summary": {k: summary.get(k) for k in ("source", "images_per_split", "patients_per_split",
                                                      "grouped_by") if k in summary},
         "metrics": _final_metrics(results),
-        "config": {k: v for k, v in config.items() if k not in ("resume",)},
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("resume",)},
     }
-    weights = export_detector(best, out / "weights" / "best.safetensors", card)
+    weights = export_detector(best, layout.weights, card)
     if len(results):
-        plot_training_curves(results, out / "training_curves.png")
-    return DetectorRun(out, weights, read_json_or_none(card_path) or card, resumed)
+        plot_training_curves(results, layout.curves)
+    return DetectorRun(out, weights, read_json_or_none(layout.card) or card, resumed)
 
 
-DONE_MARKER = "training-done.json"
 
 
 def _mark_training_done(trainer) -> None:
     """Ultralytics callback: after the epoch that ends training (last or early-stopped), leave a marker."""
     if trainer.stop:
-        write_json(Path(trainer.save_dir) / "weights" / DONE_MARKER, {"epochs": int(trainer.epoch) + 1})
+        write_json(DetectorLayout(trainer.save_dir).done_marker, {"epochs": int(trainer.epoch) + 1})
 
 
 def _model_source(model: str) -> str:
@@ -182,11 +166,9 @@ def _final_metrics(results: pd.DataFrame) -> dict[str, float]:
 
 def plot_training_curves(results: pd.DataFrame, path: str | Path) -> Path:
     """Draw losses (train and val) and validation metrics per epoch from ultralytics' results.csv as a PNG."""
-    import matplotlib
+    from hybridcxr.report.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = results["epoch"] if "epoch" in results else pd.Series(range(1, len(results) + 1))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
     for ax, kind in zip(axes[:2], ("train", "val")):
@@ -205,10 +187,7 @@ def plot_training_curves(results: pd.DataFrame, path: str | Path) -> Path:
     axes[2].legend(frameon=False)
     axes[2].grid(alpha=0.3)
     fig.suptitle("hybridcxr detector training")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def data_names(data_yaml: str | Path) -> list[str]:
@@ -217,5 +196,5 @@ def data_names(data_yaml: str | Path) -> list[str]:
     return [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
 
 
-__all__ = ["DetectorRun", "choose_device", "data_names", "detector_config", "plot_training_curves",
+__all__ = ["DetectorRun", "data_names", "detector_config", "plot_training_curves",
            "resolve_data_yaml", "train_detector"]

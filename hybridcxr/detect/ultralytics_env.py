@@ -10,7 +10,6 @@ Call :func:`setup_ultralytics` before the first ``import ultralytics`` (all of h
   ``nn.Module`` layers, ``weights_only`` checkpoint loads with an allow-list of classes);
 - sets ``YOLO_OFFLINE=1`` (no DNS look-ups or download attempts) unless the user set it, and
   ``NO_ALBUMENTATIONS_UPDATE=1`` (no version check);
-- writes checkpoints atomically (a kill never leaves a truncated ``last.pt``);
 - keeps all CPU cores: ultralytics sets ``OMP_NUM_THREADS=1`` at import and ``torch.set_num_threads`` to
   ``cpu_count - 1`` when it picks the CPU, which halves speed on a 2-core laptop.
 """
@@ -21,6 +20,8 @@ import os
 import shutil
 from pathlib import Path
 from types import ModuleType
+
+from hybridcxr.files import atomic_path
 
 _DONE = False
 
@@ -63,7 +64,6 @@ def setup_ultralytics() -> None:
     if SETTINGS.get("sync"):
         SETTINGS.update({"sync": False})  # no usage analytics from a hospital's machine
     _patch_amp_check()
-    _patch_atomic_checkpoints()
     _DONE = True
 
 
@@ -73,34 +73,6 @@ def setup_torch_threads() -> None:
 
     if torch.get_num_threads() < cpu_threads():
         torch.set_num_threads(cpu_threads())
-
-
-def _patch_atomic_checkpoints() -> None:
-    """Ultralytics writes last.pt/best.pt in place: a kill mid-write leaves a file resume cannot read.
-
-    Write them under temporary names and rename, so ``weights/last.pt`` is always a whole checkpoint.
-    """
-    from ultralytics.engine.trainer import BaseTrainer
-
-    original = BaseTrainer.save_model
-    if getattr(original, "_hybridcxr_atomic", False):
-        return
-
-    def save_model(self):  # type: ignore[no-untyped-def]
-        final = {"last": self.last, "best": self.best}
-        temp = {k: v.with_name(f".{v.name}.{os.getpid()}.tmp") for k, v in final.items()}
-        self.last, self.best = temp["last"], temp["best"]
-        try:
-            result = original(self)
-        finally:
-            self.last, self.best = final["last"], final["best"]
-        for key, tmp in temp.items():
-            if tmp.exists():
-                os.replace(tmp, final[key])
-        return result
-
-    save_model._hybridcxr_atomic = True  # type: ignore[attr-defined]
-    BaseTrainer.save_model = save_model
 
 
 def _patch_amp_check() -> None:
@@ -136,6 +108,5 @@ def _install_fonts(config_dir: Path) -> None:
     font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
     for target in targets:
         if not target.exists():
-            tmp = target.with_name(f".{target.name}.{os.getpid()}")
-            shutil.copyfile(font, tmp)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(font, tmp)

@@ -12,9 +12,11 @@ Patient names and birth dates are never read into the metadata.
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from os import PathLike
 from typing import Any
 
@@ -30,6 +32,7 @@ from hybridcxr.errors import (
     NoPixelDataError,
     NotAnImageError,
     RadiographWarning,
+    TooManyPixelsError,
     UnsupportedModalityError,
 )
 from hybridcxr.io.demographics import parse_age, parse_sex, parse_view
@@ -46,6 +49,8 @@ CHEST_BODY_PARTS: frozenset[str] = frozenset({"CHEST", "THORAX", "TORAX", "TORAC
 """Words of BodyPartExamined that mean chest (``CHEST_LAT``, ``PORTABLE CHEST`` match by word)."""
 
 _VIEW_WORDS = frozenset({"PA", "AP", "LL", "RL", "LAT", "LATERAL"})
+DEFAULT_MAX_PIXELS = 64_000_000
+_HEADER_KEYWORDS = ("SOPClassUID", "Rows", "Columns", "Modality", "PatientID", "StudyInstanceUID")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _WINDOW_FUNCTIONS = frozenset({"LINEAR", "LINEAR_EXACT", "SIGMOID"})
 
@@ -122,6 +127,32 @@ def read_dicom(
     check_body_part(ds, path)
     meta = dicom_meta(ds, path)
     return Radiograph(pixels=decode_pixels(ds, path), meta=meta)
+
+
+def read_header(path: PathType, tags: Sequence[str] | None = None, *, force: bool = True) -> Dataset:
+    """The header of a DICOM without its pixels, only ``tags`` where given (fast: the rest is skipped).
+
+    The one way hybridcxr reads a header for a fact (size, Patient ID) beside :func:`load_dataset`. ``force``
+    (the default) also reads preamble-less files. Raises NotAnImageError naming the file when it is not DICOM.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=force,
+                                 specific_tags=list(tags) if tags is not None else None)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as exc:  # pydicom raises many types on corrupt input
+        raise NotAnImageError(path, f"not a readable DICOM header ({type(exc).__name__})") from exc
+    has_meta = "TransferSyntaxUID" in getattr(ds, "file_meta", {})
+    if force and not has_meta and not any(k in ds for k in _HEADER_KEYWORDS):
+        raise NotAnImageError(path, "not a DICOM file (no DICOM preamble and no image header elements)")
+    return ds
+
+
+def header_text(ds: Dataset, keyword: str) -> str | None:
+    """A header value as stripped text, None where absent or empty."""
+    return _text(ds, keyword)
 
 
 def read_dicom_metadata(path: PathType, *, force: bool = False) -> RadiographMeta:
@@ -263,16 +294,78 @@ def decode_pixels(ds: Dataset, path: PathType) -> np.ndarray:
     Raises:
         NotAnImageError: the pixel data cannot be decoded (missing codec, truncated data).
     """
+    check_pixel_count(_int(ds, "Columns") or 0, _int(ds, "Rows") or 0, path)
+    _check_finite_header(ds, path)
     arr = _decode(ds, path)
     photometric = (_text(ds, "PhotometricInterpretation") or "MONOCHROME2").upper()
+    _check_shape(arr, ds, path, photometric)
+    _warn_if_wrapped(arr, ds, path)
     if photometric == "PALETTE COLOR" or arr.ndim == 3:
-        return _colour_to_grey(arr, ds, photometric)
-    if arr.ndim != 2:
-        raise NotAnImageError(path, f"pixel data of shape {arr.shape} is not a single 2-D image")
-    out = _voi(_modality(arr, ds), ds, path)  # float32, owned: later steps work in place
-    if photometric == "MONOCHROME1":
-        np.subtract(1.0, out, out=out)
+        try:
+            out = _colour_to_grey(arr, ds, photometric)
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:  # e.g. no palette colour table
+            raise NotAnImageError(path, f"cannot convert {photometric} pixels to grey ({exc})") from exc
+    else:
+        out = _voi(_modality(arr, ds), ds, path)  # float32, owned: later steps work in place
+        if photometric == "MONOCHROME1":
+            np.subtract(1.0, out, out=out)
+    if not np.isfinite(out).all():
+        raise NotAnImageError(path, "the decoded pixels hold NaN or infinite values")
     return out
+
+
+def _check_shape(arr: np.ndarray, ds: Dataset, path: PathType, photometric: str) -> None:
+    """The decoded array must be what Rows, Columns and Samples per Pixel say: one grey or colour image."""
+    rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
+    samples = _int(ds, "SamplesPerPixel") or 1
+    want = (rows, columns) if samples == 1 else (rows, columns, samples)
+    if photometric == "PALETTE COLOR" and samples != 1:
+        want = (rows, columns)
+    if arr.shape != want:
+        raise NotAnImageError(path, f"pixel data decodes to shape {arr.shape}, but Rows x Columns x Samples per "
+                                    f"Pixel say {want}: a single 2-D image is expected")
+
+
+def _warn_if_wrapped(arr: np.ndarray, ds: Dataset, path: PathType) -> None:
+    """Warn where "signed" pixels span both ends of their range: the signature of unsigned data whose header
+    says Pixel Representation 1 (the image would show bright bone as black)."""
+    if _int(ds, "PixelRepresentation") != 1 or arr.dtype.kind != "i" or arr.ndim != 2:
+        return
+    bits = _int(ds, "BitsStored") or arr.dtype.itemsize * 8
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    near = max(1, (high - low) // 20)
+    if int(arr.min()) < low + near and int(arr.max()) > high - near:
+        warnings.warn(RadiographWarning(f"{path}: pixel values fill both ends of the signed range: the data may be "
+                                        "unsigned although Pixel Representation says signed (1)"), stacklevel=4)
+
+
+def _check_finite_header(ds: Dataset, path: PathType) -> None:
+    """Refuse NaN or infinite rescale and window values: they would turn every pixel into NaN."""
+    for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        value = _float(ds, keyword)
+        if value is not None and not math.isfinite(value):
+            raise NotAnImageError(path, f"{keyword} is {value}: not a finite number")
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) hybridcxr decodes: ``$HYBRIDCXR_MAX_PIXELS``, default 64 Mpx.
+
+    A 14,000 x 14,000 PNG of 186 KB would otherwise take gigabytes; raise it (CLI ``--max-pixels``) for
+    stitched long-length images.
+    """
+    value = os.environ.get("HYBRIDCXR_MAX_PIXELS", "")
+    try:
+        return int(float(value)) if value.strip() else DEFAULT_MAX_PIXELS
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
+
+
+def check_pixel_count(width: int, height: int, path: PathType) -> None:
+    """Raise :class:`TooManyPixelsError` (before decoding) where ``width x height`` exceeds :func:`max_pixels`."""
+    limit = max_pixels()
+    if width * height > limit:
+        raise TooManyPixelsError(path, f"the image claims {width} x {height} pixels, more than the limit of "
+                                       f"{limit:,} (raise it with --max-pixels or HYBRIDCXR_MAX_PIXELS)")
 
 
 def _decode(ds: Dataset, path: PathType) -> np.ndarray:

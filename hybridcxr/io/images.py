@@ -14,7 +14,7 @@ from os import PathLike
 import numpy as np
 from PIL import Image
 
-from hybridcxr.errors import NotAnImageError
+from hybridcxr.errors import NotAnImageError, TooManyPixelsError
 from hybridcxr.io.radiograph import Radiograph, RadiographMeta, image_id_of
 
 PathType = str | PathLike[str]
@@ -45,6 +45,11 @@ def decode_image(path: PathType) -> np.ndarray:
     file makes it fail, never return part of an image); JPEGs and anything OpenCV declines go through
     Pillow, whose errors name truncated and corrupt files.
     """
+    from hybridcxr.io.dicom import check_pixel_count
+
+    size = claimed_size(path)
+    if size is not None:
+        check_pixel_count(*size, path)  # before any decoder allocates the claimed frame
     fast = _decode_png_cv2(path)
     if fast is not None:
         return fast
@@ -57,6 +62,23 @@ def decode_image(path: PathType) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         # Pillow's errors for unknown, corrupt and truncated files (UnidentifiedImageError is an OSError)
         raise NotAnImageError(path, f"cannot decode the image ({exc})") from exc
+
+
+def claimed_size(path: PathType) -> tuple[int, int] | None:
+    """(width, height) from the file's header (a PNG's IHDR, else Pillow's header parse); None if unreadable."""
+    with open(path, "rb") as handle:
+        head = handle.read(24)
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    try:
+        with Image.open(path, formats=_FORMATS) as im:
+            return int(im.size[0]), int(im.size[1])
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Image.DecompressionBombError as exc:
+        raise TooManyPixelsError(path, f"the image claims more pixels than the limit ({exc})") from exc
+    except Exception:  # noqa: BLE001 - any header Pillow cannot parse: the decoders below say what is wrong
+        return None
 
 
 def to_grey_float(im: Image.Image) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +46,10 @@ class Radiograph:
     @property
     def image_id(self) -> str:
         return self.meta.image_id
+
+    def renamed(self, image_id: str) -> Radiograph:
+        """The same radiograph under another image id (a batch's unique id for same-named files)."""
+        return replace(self, meta=replace(self.meta, image_id=image_id))
 
     @property
     def path(self) -> Path:

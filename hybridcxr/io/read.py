@@ -6,7 +6,9 @@ from collections.abc import Iterable
 from os import PathLike
 from typing import Literal
 
-from hybridcxr.errors import NotAnImageError
+import numpy as np
+
+from hybridcxr.errors import HybridCXRError, NotAnImageError
 from hybridcxr.io.dicom import read_dicom, read_dicom_metadata
 from hybridcxr.io.images import image_meta, read_image
 from hybridcxr.io.radiograph import Radiograph, RadiographMeta
@@ -65,9 +67,28 @@ def read_radiograph(path: PathType, *, allow_modality: bool | Iterable[str] = Fa
     (dtype('float32'), 2)
     """
     kind = sniff_format(path)
-    if kind in ("png", "jpeg"):
-        return read_image(path)
-    return read_dicom(path, allow_modality=allow_modality, force=kind is None)
+    try:
+        if kind in ("png", "jpeg"):
+            radiograph = read_image(path)
+        else:
+            radiograph = read_dicom(path, allow_modality=allow_modality, force=kind is None)
+    except (HybridCXRError, FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except MemoryError as exc:
+        raise NotAnImageError(path, "not enough memory to decode the image") from exc
+    except Exception as exc:  # any decoder's own failure (cv2.error, ValueError, ...) is this file's problem
+        raise NotAnImageError(path, f"cannot decode the image ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    return check_pixels(radiograph)
+
+
+def check_pixels(radiograph: Radiograph) -> Radiograph:
+    """The contract every reader keeps: a 2-D float32 array of finite values in [0, 1]; NotAnImageError else."""
+    pixels, path = radiograph.pixels, radiograph.meta.path
+    if pixels.ndim != 2 or min(pixels.shape) < 1:
+        raise NotAnImageError(path, f"decoded to shape {pixels.shape}, not one 2-D image")
+    if pixels.dtype != np.float32 or not np.isfinite(pixels).all():
+        raise NotAnImageError(path, "the decoded pixels hold NaN or infinite values")
+    return radiograph
 
 
 def read_metadata(path: PathType) -> RadiographMeta:

@@ -30,7 +30,6 @@ from sklearn.metrics import roc_auc_score
 
 from hybridcxr.errors import DataWarning
 
-WeightScheme = Literal["none", "inverse", "sqrt-inverse"]
 ThresholdRule = Literal["f1", "youden"]
 
 #: Threshold used for a finding whose validation labels cannot choose one (one label value only).
@@ -70,7 +69,7 @@ def per_class_auroc(y_true: np.ndarray, y_score: np.ndarray, findings: Sequence[
 
 def macro_auroc(y_true: np.ndarray, y_score: np.ndarray, findings: Sequence[str] | None = None) -> float:
     """Mean of the per-finding AUROCs over the findings where it is defined (NaN if none is)."""
-    per_class = per_class_auroc(y_true, y_score, _names(findings, y_true))
+    per_class = per_class_auroc(y_true, y_score, names_for(findings, y_true))
     defined = per_class.dropna()
     return float(defined.mean()) if len(defined) else float("nan")
 
@@ -151,42 +150,6 @@ def bootstrap_auroc_ci(y_true: np.ndarray, y_score: np.ndarray, findings: Sequen
         estimate = float(point[defined].mean()) if defined.any() else float("nan")
         rows.append(_ci_row("macro", estimate, per_boot, alpha, int((yt == 1).sum()), int((yt == 0).sum())))
     return pd.DataFrame(rows, columns=["finding", "auroc", "ci_low", "ci_high", "n_pos", "n_neg", "n_boot"])
-
-
-def pos_weight(labels: np.ndarray, scheme: WeightScheme = "inverse",
-               findings: Sequence[str] | None = None) -> np.ndarray:
-    """Per-finding positive-class weights for ``BCEWithLogitsLoss(pos_weight=...)``.
-
-    ``"inverse"`` is negatives / positives per finding (the loss then weighs both classes equally),
-    ``"sqrt-inverse"`` its square root (a milder correction that over-predicts rare findings less),
-    ``"none"`` ones. A finding with no positive (or no negative) label gets 1.0 and one
-    :class:`~hybridcxr.errors.DataWarning` naming it, instead of an infinite (or zero) weight.
-
-    Args:
-        labels: ``(N, C)`` training labels, 0/1 (NaN: not labelled, not counted).
-        scheme: ``"none"``, ``"inverse"`` or ``"sqrt-inverse"``.
-        findings: names for the warning (default ``column 0``, ``column 1``, ...).
-
-    Returns:
-        A float64 array of ``C`` weights.
-    """
-    if scheme not in ("none", "inverse", "sqrt-inverse"):
-        raise ValueError(f"unknown pos_weight scheme {scheme!r}; choose none, inverse or sqrt-inverse")
-    yt = _labels(labels)
-    findings = _names(findings, yt)
-    if len(findings) != yt.shape[1]:
-        raise ValueError(f"{len(findings)} finding names for {yt.shape[1]} label columns")
-    if scheme == "none":
-        return np.ones(yt.shape[1])
-    n_pos, n_neg = (yt == 1).sum(axis=0), (yt == 0).sum(axis=0)
-    degenerate = (n_pos == 0) | (n_neg == 0)
-    if degenerate.any():
-        named = ", ".join(f"{findings[c]} ({int(n_pos[c])} positive, {int(n_neg[c])} negative)"
-                          for c in np.flatnonzero(degenerate))
-        warnings.warn(DataWarning(f"pos_weight set to 1.0 for findings with one label value only: {named}"),
-                      stacklevel=2)
-    weights = np.where(degenerate, 1.0, n_neg / np.maximum(n_pos, 1))
-    return np.sqrt(weights) if scheme == "sqrt-inverse" else weights
 
 
 def choose_thresholds(y_true: np.ndarray, y_score: np.ndarray, findings: Sequence[str],
@@ -308,8 +271,8 @@ def _ci_row(finding: str, estimate: float, boots: np.ndarray, alpha: float, n_po
             "n_neg": n_neg, "n_boot": int(valid.size)}
 
 
-def _labels(labels: np.ndarray) -> np.ndarray:
-    """Labels as float64 ``(N, C)``; only 0, 1 and NaN allowed."""
+def labels_array(labels: np.ndarray) -> np.ndarray:
+    """Labels as float64 ``(N, C)``; raises ValueError for anything but 0, 1 and NaN (not labelled)."""
     yt = np.asarray(labels, dtype=np.float64)
     if yt.ndim == 1:
         yt = yt[:, None]
@@ -323,7 +286,7 @@ def _labels(labels: np.ndarray) -> np.ndarray:
 
 def _check(y_true: np.ndarray, y_score: np.ndarray,
            findings: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    yt = _labels(y_true)
+    yt = labels_array(y_true)
     ys = np.asarray(y_score, dtype=np.float64)
     if ys.ndim == 1:
         ys = ys[:, None]
@@ -331,13 +294,14 @@ def _check(y_true: np.ndarray, y_score: np.ndarray,
         raise ValueError(f"y_true {yt.shape} and y_score {ys.shape} must have the same shape")
     if not np.isfinite(ys).all():
         raise ValueError("y_score holds NaN or infinite values")
-    names = _names(findings, yt)
+    names = names_for(findings, yt)
     if len(names) != yt.shape[1]:
         raise ValueError(f"{len(names)} finding names for {yt.shape[1]} columns")
     return yt, ys, names
 
 
-def _names(findings: Iterable[str] | None, y: np.ndarray) -> tuple[str, ...]:
+def names_for(findings: Iterable[str] | None, y: np.ndarray) -> tuple[str, ...]:
+    """Finding names for the columns of ``y``: the given ones, else ``column 0``, ``column 1``, ..."""
     if findings is not None:
         return tuple(str(f) for f in findings)
     width = 1 if np.ndim(y) == 1 else np.shape(y)[1]

@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,8 +36,29 @@ _ROC_LABELS = ("1 - specificity (false-positive rate)", "sensitivity (true-posit
 _PR_LABELS = ("recall (sensitivity)", "precision (positive predictive value)")
 
 
-def _pyplot():
-    """``matplotlib.pyplot`` on the headless Agg backend (imported late: plotting is optional)."""
+@dataclass(frozen=True)
+class _CurveKind:
+    """What the ROC and the precision-recall figures differ in, apart from how a curve is computed."""
+
+    name: str  # "roc" or "pr"
+    title: str
+    axis_labels: tuple[str, str]
+    reference: str  # the reference line, as the key of a small-multiples figure names it
+    drawstyle: str  # precision-recall as steps, as average precision sums them (and sklearn's display draws it)
+    panel_legend: str  # where a panel's legend goes
+
+
+_KINDS = {
+    "roc": _CurveKind("roc", "ROC curves", _ROC_LABELS, "dashed: chance", "default", "lower right"),
+    "pr": _CurveKind("pr", "Precision-recall curves", _PR_LABELS, "dotted: prevalence", "steps-post", "best"),
+}
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the headless Agg backend (imported late: plotting is optional).
+
+    Call it before any other library touches pyplot, so no figure ever needs a display.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,9 +67,9 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` as ``path`` atomically and close it."""
-    plt = _pyplot()
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as ``path`` atomically and close it (a reader never sees half a PNG; no figure leaks)."""
+    plt = pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
@@ -68,11 +91,10 @@ def _why_no_curve(labels: np.ndarray) -> str:
     return f"only {'negatives' if n_pos == 0 else 'positives'} ({n_pos + n_neg} images)"
 
 
-def _curves(kind: str, y_true, y_score, findings: Sequence[str], path: str | Path, title: str | None,
-            thresholds: Mapping[str, float] | None) -> Path:
-    from matplotlib.lines import Line2D
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
-
+def _curves(kind: str, y_true: np.ndarray, y_score: np.ndarray, findings: Sequence[str], path: str | Path,
+            title: str | None, thresholds: Mapping[str, float] | None) -> Path:
+    """The figure of :func:`plot_roc_curves` (``kind`` "roc") or :func:`plot_pr_curves` ("pr")."""
+    spec = _KINDS[kind]
     yt, ys, names = _check(y_true, y_score, findings)
     if not names:
         raise ValueError("no findings to plot")
@@ -83,7 +105,7 @@ def _curves(kind: str, y_true, y_score, findings: Sequence[str], path: str | Pat
     if thresholds is not None:
         operating = threshold_metrics(yt, ys, thresholds, names).set_index("finding")
 
-    plt = _pyplot()
+    plt = pyplot()
     rows, cols = _grid_shape(len(names))
     single = rows * cols == 1
     size = (2.75 * cols, 2.75 * rows + 0.7) if not single else (6.2, 6.0 if kind == "roc" else 6.3 + 0.2 * len(names))
@@ -92,51 +114,82 @@ def _curves(kind: str, y_true, y_score, findings: Sequence[str], path: str | Pat
     axes = list(axes.ravel())
     handles: list = []
     for k, finding in enumerate(names):
-        ax = axes[0] if single else axes[k]
-        col = colour(finding, names)
-        known = ~np.isnan(yt[:, k])
-        t, s = yt[known, k], ys[known, k]
-        n_pos, n_neg = int((t == 1).sum()), int((t == 0).sum())
-        counts = f"{n_pos} pos / {n_neg} neg"
-        if not single:
-            ax.set_title(finding, fontsize=9.5)
-        if np.isnan(auroc[finding]):
-            note = f"no curve: {_why_no_curve(t)}"
-            if single:
-                handles.append(Line2D([], [], color=col, marker="x", ls="none", label=f"{finding}: {note}"))
-            else:
-                ax.text(0.5, 0.5, note.replace(": ", ":\n"), ha="center", va="center", fontsize=8.5,
-                        color="0.35", transform=ax.transAxes)
-            continue
-        if kind == "roc":
-            x, y, _ = roc_curve(t, s)
-            value = f"AUROC {auroc[finding]:.3f}"
-        else:
-            y, x, _ = precision_recall_curve(t, s)
-            value = f"AP {average_precision_score(t, s):.3f}"
-            ax.axhline(n_pos / (n_pos + n_neg), color=col, lw=1, ls=":", alpha=0.9)
-        label = f"{finding}: {value} ({counts})" if single else f"{value}\n{counts}"
-        # precision-recall as steps, as average precision sums them (and as sklearn's PrecisionRecallDisplay)
-        (line,) = ax.plot(x, y, color=col, lw=1.8, label=label, drawstyle="default" if kind == "roc" else "steps-post")
-        own = [line]
-        if operating is not None:
-            row = operating.loc[finding]
-            px, py = (1 - row["specificity"], row["recall"]) if kind == "roc" else (row["recall"], row["precision"])
-            if np.isfinite(px) and np.isfinite(py):
-                (dot,) = ax.plot(px, py, marker="o", ms=6, color=col, mec="black", mew=0.8, ls="none",
-                                 label=f"threshold {row['threshold']:.2f}", zorder=5)
-                if not single:
-                    own.append(dot)
-        if single:
-            handles.append(line)
-        else:
-            ax.legend(handles=own, fontsize=7.5, frameon=True, framealpha=0.85, edgecolor="none",
-                      loc="lower right" if kind == "roc" else "best", handlelength=1.2)
-
+        handles += _draw_finding(spec, axes[0] if single else axes[k], finding, names, yt[:, k], ys[:, k],
+                                 auroc[finding], operating, single)
     used = axes[:1] if single else axes[:len(names)]
-    drawn = [single or not np.isnan(auroc[f]) for f in names]
+    _style_panels(spec, axes, used, [single or not np.isnan(auroc[f]) for f in names], cols)
+    if single:
+        _single_axis_legend(spec, axes[0], handles, operating is not None)
+    else:
+        fig.supxlabel(spec.axis_labels[0], fontsize=10)
+        fig.supylabel(spec.axis_labels[1], fontsize=10)
+    name = spec.title
+    if not single:
+        key = [spec.reference]
+        if operating is not None:
+            key.append("dot: operating point at the model's threshold")
+        name += f"  ({'; '.join(key)})"
+    fig.suptitle(f"{name}\n{title}" if title else name, fontsize=11)
+    return save_figure(fig, path, dpi=DPI)
+
+
+def _curve_points(kind: str, labels: np.ndarray, scores: np.ndarray, auroc: float) -> tuple[Any, Any, str]:
+    """The curve's x and y and its legend value (AUROC or average precision) for labelled images only."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
+
+    if kind == "roc":
+        x, y, _ = roc_curve(labels, scores)
+        return x, y, f"AUROC {auroc:.3f}"
+    y, x, _ = precision_recall_curve(labels, scores)
+    return x, y, f"AP {average_precision_score(labels, scores):.3f}"
+
+
+def _draw_finding(spec: _CurveKind, ax: Any, finding: str, names: Sequence[str], labels: np.ndarray,
+                  scores: np.ndarray, auroc: float, operating: pd.DataFrame | None, single: bool) -> list:
+    """Draw one finding's curve (or why it has none) and its operating point on ``ax``.
+
+    Returns what the legend of a single shared axis lists for it; a panel gets its own legend here instead.
+    """
+    from matplotlib.lines import Line2D
+
+    col = colour(finding, names)
+    known = ~np.isnan(labels)
+    t, s = labels[known], scores[known]
+    n_pos, n_neg = int((t == 1).sum()), int((t == 0).sum())
+    counts = f"{n_pos} pos / {n_neg} neg"
+    if not single:
+        ax.set_title(finding, fontsize=9.5)
+    if np.isnan(auroc):
+        note = f"no curve: {_why_no_curve(t)}"
+        if single:
+            return [Line2D([], [], color=col, marker="x", ls="none", label=f"{finding}: {note}")]
+        ax.text(0.5, 0.5, note.replace(": ", ":\n"), ha="center", va="center", fontsize=8.5,
+                color="0.35", transform=ax.transAxes)
+        return []
+    x, y, value = _curve_points(spec.name, t, s, auroc)
+    if spec.name == "pr":  # the precision of a model that guesses
+        ax.axhline(n_pos / (n_pos + n_neg), color=col, lw=1, ls=":", alpha=0.9)
+    label = f"{finding}: {value} ({counts})" if single else f"{value}\n{counts}"
+    (line,) = ax.plot(x, y, color=col, lw=1.8, label=label, drawstyle=spec.drawstyle)
+    own = [line]
+    if operating is not None:
+        row = operating.loc[finding]
+        px, py = (1 - row["specificity"], row["recall"]) if spec.name == "roc" else (row["recall"], row["precision"])
+        if np.isfinite(px) and np.isfinite(py):
+            (dot,) = ax.plot(px, py, marker="o", ms=6, color=col, mec="black", mew=0.8, ls="none",
+                             label=f"threshold {row['threshold']:.2f}", zorder=5)
+            own.append(dot)
+    if single:
+        return [line]
+    ax.legend(handles=own, fontsize=7.5, frameon=True, framealpha=0.85, edgecolor="none", loc=spec.panel_legend,
+              handlelength=1.2)
+    return []
+
+
+def _style_panels(spec: _CurveKind, axes: list, used: list, drawn: list[bool], cols: int) -> None:
+    """Square unit axes (the chance diagonal where ROC curves are drawn); empty slots hidden."""
     for ax, has_curve in zip(used, drawn):
-        if kind == "roc" and has_curve:
+        if spec.name == "roc" and has_curve:
             ax.plot([0, 1], [0, 1], color="0.55", lw=0.8, ls="--", zorder=0)
         ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xticks=np.linspace(0, 1, 6), yticks=np.linspace(0, 1, 6))
         ax.set_aspect("equal")
@@ -148,34 +201,25 @@ def _curves(kind: str, y_true, y_score, findings: Sequence[str], path: str | Pat
         if above >= 0 and above < len(used):  # the panel above an empty slot shows its own x tick labels
             used[above].xaxis.set_tick_params(labelbottom=True)
 
-    xlabel, ylabel = _ROC_LABELS if kind == "roc" else _PR_LABELS
-    if single:
-        axes[0].set(xlabel=xlabel, ylabel=ylabel)
-        extra = []
-        if kind == "roc":
-            extra.append(Line2D([], [], color="0.55", lw=0.8, ls="--", label="chance"))
-        else:
-            extra.append(Line2D([], [], color="0.3", lw=1, ls=":", label="prevalence (per finding, dotted)"))
-        if operating is not None:
-            extra.append(Line2D([], [], marker="o", ms=6, color="white", mec="black", ls="none",
-                                label="operating point at the model's threshold"))
-        if kind == "roc":  # below the diagonal: empty for any model better than chance
-            axes[0].legend(handles=handles + extra, fontsize=8, frameon=True, framealpha=0.9, edgecolor="none",
-                           loc="lower right")
-        else:  # precision-recall curves fill the whole square: the legend goes below it
-            axes[0].legend(handles=handles + extra, fontsize=8, frameon=False, loc="upper center",
-                           bbox_to_anchor=(0.5, -0.11), ncols=1)
+
+def _single_axis_legend(spec: _CurveKind, ax: Any, handles: list, operating: bool) -> None:
+    """Axis labels and the one legend of a shared axis: every finding, the reference line, the operating point."""
+    from matplotlib.lines import Line2D
+
+    ax.set(xlabel=spec.axis_labels[0], ylabel=spec.axis_labels[1])
+    if spec.name == "roc":
+        extra = [Line2D([], [], color="0.55", lw=0.8, ls="--", label="chance")]
     else:
-        fig.supxlabel(xlabel, fontsize=10)
-        fig.supylabel(ylabel, fontsize=10)
-    name = "ROC curves" if kind == "roc" else "Precision-recall curves"
-    if not single:
-        key = ["dashed: chance"] if kind == "roc" else ["dotted: prevalence"]
-        if operating is not None:
-            key.append("dot: operating point at the model's threshold")
-        name += f"  ({'; '.join(key)})"
-    fig.suptitle(f"{name}\n{title}" if title else name, fontsize=11)
-    return _save(fig, path, dpi=DPI)
+        extra = [Line2D([], [], color="0.3", lw=1, ls=":", label="prevalence (per finding, dotted)")]
+    if operating:
+        extra.append(Line2D([], [], marker="o", ms=6, color="white", mec="black", ls="none",
+                            label="operating point at the model's threshold"))
+    if spec.name == "roc":  # below the diagonal: empty for any model better than chance
+        ax.legend(handles=handles + extra, fontsize=8, frameon=True, framealpha=0.9, edgecolor="none",
+                  loc="lower right")
+    else:  # precision-recall curves fill the whole square: the legend goes below it
+        ax.legend(handles=handles + extra, fontsize=8, frameon=False, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.11), ncols=1)
 
 
 def plot_roc_curves(y_true: np.ndarray, y_score: np.ndarray, findings: Sequence[str], path: str | Path,
@@ -232,7 +276,7 @@ def plot_classifier_history(history: pd.DataFrame, path: str | Path, title: str 
     has_lr = "lr" in history and pd.to_numeric(history["lr"], errors="coerce").notna().any()
     best = int(np.nanargmax(auroc)) if np.isfinite(auroc).any() else None
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3 if has_lr else 2, figsize=(13 if has_lr else 10, 3.8), constrained_layout=True)
     loss, metric = axes[0], axes[1]
     loss.plot(epochs, history["train_loss"], marker="o", ms=3, color="#0072B2", label="train")
@@ -261,7 +305,7 @@ def plot_classifier_history(history: pd.DataFrame, path: str | Path, title: str 
     loss.legend(frameon=False, fontsize=8.5)
     metric.legend(frameon=False, fontsize=8.5, loc="best")
     fig.suptitle(title or "hybridcxr fusion classifier training")
-    return _save(fig, path, dpi=DPI)
+    return save_figure(fig, path, dpi=DPI)
 
 
-__all__ = ["plot_classifier_history", "plot_pr_curves", "plot_roc_curves"]
+__all__ = ["plot_classifier_history", "plot_pr_curves", "plot_roc_curves", "pyplot", "save_figure"]

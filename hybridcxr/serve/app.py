@@ -6,10 +6,12 @@ Routes::
     GET  /v1/overlay/{id}.png   the overlay of a recent analysis (``?boxes=false``: without boxes)
     GET  /healthz               liveness; answers while an analysis runs
     GET  /                      a self-contained viewer page (no CDN, nothing downloaded)
-    GET  /docs                  OpenAPI docs
+    GET  /docs                  the API described from /openapi.json by a local page (no CDN)
 
-Errors are JSON ``{"error": code, "detail": message}``: 401 missing or wrong ``X-API-Key`` (when a key is
-set), 413 upload over the limit, 415 not DICOM/PNG/JPEG, 422 undecodable or not a chest radiograph.
+Errors are JSON ``{"error": code, "detail": message}``: 400 a Host header this server does not answer to,
+401 missing or wrong ``X-API-Key`` (when a key is set), 408 a request that came too slowly, 413 upload over
+the limit, 415 not DICOM/PNG/JPEG, 422 undecodable, not a chest radiograph or a malformed request, 500 an
+internal error (logged; no details sent). No error repeats a header the client sent.
 
 >>> app = create_app("runs/classifier", max_upload_bytes=20 << 20)  # doctest: +SKIP
 """
@@ -20,21 +22,38 @@ import hmac
 import logging
 import os
 import re
+from collections.abc import Iterable
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hybridcxr import __version__
 from hybridcxr.serve import schema
+from hybridcxr.serve.docs import DOCS_CSP, DOCS_HTML
+from hybridcxr.serve.guards import InternalErrors, TrustedHosts, invalid_request, trusted_hosts
 from hybridcxr.serve.results import overlay_png
-from hybridcxr.serve.service import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, AnalysisService
-from hybridcxr.serve.uploads import MULTIPART_SLACK, ServiceError, UploadLimit, error_response
+from hybridcxr.serve.server import DEFAULT_HEADER_TIMEOUT, server_config
+from hybridcxr.serve.service import (
+    DEFAULT_MAX_DECODES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    AnalysisService,
+)
+from hybridcxr.serve.uploads import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MIN_BODY_RATE,
+    MULTIPART_SLACK,
+    ServiceError,
+    UploadLimit,
+    error_response,
+)
 
 API_KEY_ENV = "HYBRIDCXR_API_KEY"
 API_KEY_HEADER = "X-API-Key"
@@ -43,15 +62,21 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 _VIEWER_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob:; "
                "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
 _ERRORS = {code: {"model": schema.Error, "description": text} for code, text in {
+    400: "a Host header this server does not answer to (server option --allowed-host)",
     401: "missing or wrong X-API-Key (only when the server has a key)",
+    408: "the request body stalled or came too slowly (server option --timeout)",
     413: "upload over the server's limit", 415: "not a DICOM, PNG or JPEG file",
-    422: "undecodable, not a chest radiograph (e.g. a CT DICOM), or a bad age/sex"}.items()}
+    422: "undecodable, not a chest radiograph (e.g. a CT DICOM), a bad age/sex or a malformed request",
+    500: "an internal error (logged; no details are sent)"}.items()}
 
 log = logging.getLogger("hybridcxr.serve")
 
 
 def create_app(run: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, api_key: str | None = None,
-               device: str | None = None, cache_size: int = 256, max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
+               device: str | None = None, cache_size: int = 256, max_pixels: int = DEFAULT_MAX_PIXELS,
+               host: str = "127.0.0.1", allowed_hosts: Iterable[str] | None = None,
+               body_timeout: float = DEFAULT_BODY_TIMEOUT, min_body_rate: float = DEFAULT_MIN_BODY_RATE,
+               max_decodes: int = DEFAULT_MAX_DECODES) -> FastAPI:
     """Load a classifier run once and return the service's FastAPI app.
 
     Args:
@@ -62,16 +87,24 @@ def create_app(run: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BY
         device: cpu, cuda or cuda:N [CUDA when available].
         cache_size: analyses whose overlays stay available (least recently used dropped first).
         max_pixels: images whose header claims more pixels get 422 before they are decoded.
+        host: the address served; its names are the allowed ``Host`` headers (127.0.0.1: 127.0.0.1,
+            localhost and [::1]); 0.0.0.0 or :: needs ``allowed_hosts``.
+        allowed_hosts: more ``Host`` names to answer (e.g. the proxy's public name; ``"*"``: any). Any other
+            gets 400, so a DNS-rebinding web page cannot drive the service from a browser.
+        body_timeout: seconds a request body may stall (and the grace before ``min_body_rate``), else 408.
+        min_body_rate: slowest average body rate in bytes/s accepted after that grace.
+        max_decodes: uploads decoded and analyzed at once (each holds a full-resolution image).
 
     Raises:
         InputError: ``run`` is not a usable classifier run folder.
+        ValueError: ``host`` listens on every address and ``allowed_hosts`` is empty.
     """
+    hosts = trusted_hosts(host, allowed_hosts)  # before the models load: a usage error fails fast
     service = AnalysisService(run, device=device, max_upload_bytes=max_upload_bytes, cache_size=cache_size,
-                              max_pixels=max_pixels)
+                              max_pixels=max_pixels, max_decodes=max_decodes)
     key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV)) or None  # "": no key
-    viewer = (files("hybridcxr") / "assets" / "viewer.html").read_text(encoding="utf-8")
 
-    app = FastAPI(title="hybridcxr", version=__version__,
+    app = FastAPI(title="hybridcxr", version=__version__, docs_url=None, redoc_url=None,
                   description="Chest X-ray findings: YOLOv8 boxes fused with CNN embeddings and demographics. "
                               "Research use only, not for diagnosis.")
     app.state.service = service
@@ -80,12 +113,22 @@ def create_app(run: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BY
     async def service_error(request: Request, err: ServiceError) -> JSONResponse:
         return err.response()
 
-    app.add_middleware(UploadLimit, max_body=max_upload_bytes + MULTIPART_SLACK, file_limit=max_upload_bytes)
+    app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
+    app.add_middleware(UploadLimit, max_body=max_upload_bytes + MULTIPART_SLACK, file_limit=max_upload_bytes,
+                       body_timeout=body_timeout, min_body_rate=min_body_rate)
     if key is not None:
-        app.add_middleware(ApiKeyGuard, key=key)  # outermost: no body of a stranger is read
+        app.add_middleware(ApiKeyGuard, key=key)  # no body of a stranger is read
+    app.add_middleware(TrustedHosts, allowed_hosts=hosts)  # before the key: a rebinding page learns nothing
+    app.add_middleware(InternalErrors)  # outermost: whatever fails inside answers JSON
+    _add_routes(app, service)
+    return app
 
+
+def _add_routes(app: FastAPI, service: AnalysisService) -> None:
+    """The API under /v1 (behind the key), liveness, the viewer page and the local docs page."""
     header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="needed when the server has a key")
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(header)], responses=_ERRORS)
+    viewer = (files("hybridcxr") / "assets" / "viewer.html").read_text(encoding="utf-8")
 
     @v1.post("/analyze", response_model=schema.Analysis, summary="Detect and classify one radiograph")
     async def analyze(
@@ -101,7 +144,7 @@ def create_app(run: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BY
             responses={200: {"content": {"image/png": {}}}, 404: {"model": schema.Error}})
     async def overlay(analysis_id: str, boxes: Annotated[bool, Query(description="draw the boxes")] = True) -> Response:
         if not _ID.match(analysis_id):
-            raise ServiceError(404, "unknown_id", f"{analysis_id[:40]!r} is not an analysis id")
+            raise ServiceError(404, "unknown_id", "not an analysis id (32 hexadecimal digits)")
         png = await run_in_threadpool(overlay_png, service.stored(analysis_id), boxes=boxes)
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
 
@@ -116,7 +159,9 @@ def create_app(run: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BY
     async def page() -> HTMLResponse:
         return HTMLResponse(viewer, headers={"Content-Security-Policy": _VIEWER_CSP, "Cache-Control": "no-cache"})
 
-    return app
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(DOCS_HTML, headers={"Content-Security-Policy": DOCS_CSP, "Cache-Control": "no-cache"})
 
 
 class ApiKeyGuard:
@@ -155,15 +200,22 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
-          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, device: str | None = None) -> None:
-    """Load the models, then serve the app with uvicorn until interrupted (one process, one model copy)."""
+          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, device: str | None = None,
+          allowed_hosts: Iterable[str] | None = None, timeout: float = DEFAULT_HEADER_TIMEOUT,
+          max_decodes: int = DEFAULT_MAX_DECODES) -> None:
+    """Load the models, then serve the app with uvicorn until interrupted (one process, one model copy).
+
+    ``timeout`` bounds the seconds a client may take over its request headers and stall within its body (see
+    :func:`~hybridcxr.serve.server.server_config` for the connection limits).
+    """
     import uvicorn
 
     configure_logging()
-    app = create_app(run, max_upload_bytes=max_upload_bytes, device=device)
+    app = create_app(run, max_upload_bytes=max_upload_bytes, device=device, host=host, allowed_hosts=allowed_hosts,
+                     body_timeout=timeout, max_decodes=max_decodes)
     if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(API_KEY_ENV):
         log.warning("listening on %s without an API key: set %s or keep 127.0.0.1 behind a proxy", host, API_KEY_ENV)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.Server(server_config(app, host=host, port=port, header_timeout=timeout)).run()
 
 
 __all__ = ["API_KEY_ENV", "ApiKeyGuard", "configure_logging", "create_app", "serve"]

@@ -4,7 +4,12 @@ An upload is checked (type by content, size), written to a private temporary fol
 decoded by :func:`hybridcxr.io.read_radiograph` (the CLI's decode) and deleted; the radiograph then goes
 through the Analyzer's own detector and :meth:`~hybridcxr.pipeline.Analyzer.analyze`, the path
 ``hybridcxr classify`` takes, so the service and the CLI give the same numbers. Decoding runs outside the
-model lock (uploads decode in parallel), the networks inside it (their feature hooks hold per-call state).
+model lock, the networks inside it (their feature hooks hold per-call state).
+
+Memory is bounded before anything is decoded: the header's pixel count is checked first and an unreadable
+header is refused (never "let the decoder try": OpenCV decodes what Pillow will not parse), and at most
+``max_decodes`` uploads hold decoded full-resolution pixels at once (a slot is held from decoding until the
+analysis is done), so N uploads at the pixel limit cost ``max_decodes`` images, not N.
 
 Nothing identifying is logged: the generated id, byte counts, image size, box count and time only.
 """
@@ -16,14 +21,16 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from hybridcxr.errors import (
     MultiFrameError,
     NoPixelDataError,
     NotAnImageError,
     RadiographError,
+    TooManyPixelsError,
     UnsupportedModalityError,
 )
 from hybridcxr.findings import colour
@@ -32,9 +39,10 @@ from hybridcxr.serve.results import ResultStore, StoredResult, stored_result
 from hybridcxr.serve.uploads import MIB, ServiceError, sniff_upload, too_large
 
 if TYPE_CHECKING:
-    from hybridcxr.pipeline import Analysis
+    from hybridcxr.analyzer import Analysis
 
 log = logging.getLogger("hybridcxr.serve")
+_T = TypeVar("_T")
 
 DEFAULT_MAX_UPLOAD_BYTES = 50 * MIB
 _SUFFIX = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg"}
@@ -42,6 +50,8 @@ _SUFFIX = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg"}
 #: more (a 140 KB PNG of 12000 x 12000 zeros decodes to 0.6 GB), so the header is checked before decoding.
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_SIDE = 64  # smaller "images" are no radiograph a model should score
+#: Uploads decoded (and analyzed) at once: each may hold a full-resolution float32 image.
+DEFAULT_MAX_DECODES = 2
 
 
 class AnalysisService:
@@ -49,17 +59,19 @@ class AnalysisService:
 
     def __init__(self, run: str | Path, *, device: str | None = None,
                  max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, cache_size: int = 256,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        from hybridcxr.pipeline import Analyzer
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_decodes: int = DEFAULT_MAX_DECODES) -> None:
+        from hybridcxr.analyzer import Analyzer
 
-        if max_upload_bytes < 1:
-            raise ValueError(f"max_upload_bytes must be positive, not {max_upload_bytes}")
+        if max_upload_bytes < 1 or max_decodes < 1:
+            raise ValueError(f"max_upload_bytes and max_decodes must be positive, not {max_upload_bytes}, "
+                             f"{max_decodes}")
         self.analyzer = Analyzer(run, device=device)
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
         self.results = ResultStore(cache_size)
         self.model = model_info(self.analyzer.card, self.analyzer.detector.card)
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_decodes)
 
     @property
     def busy(self) -> bool:
@@ -76,30 +88,43 @@ class AnalysisService:
         """
         analysis_id = uuid.uuid4().hex
         start = time.perf_counter()
+        given_age, given_sex = self._checked(analysis_id, lambda: parse_demographics(age, sex))
+        with self._slots:  # held while full-resolution pixels are: bounds memory, not only decoding
+            kind, size, radiograph = self._checked(analysis_id, lambda: self._read(upload, content_type, analysis_id))
+            age_years = given_age if age else radiograph.age_years
+            sex_used = given_sex if sex else radiograph.sex
+            with self._lock:
+                detection = self.analyzer.detector.predict([radiograph], features=True)[0]
+                analysis = self.analyzer.analyze([detection], [age_years], [sex_used])[0]
+            stored = stored_result(radiograph.pixels, detection.boxes, analysis.probabilities, analysis.decisions,
+                                   self.analyzer.findings)
+            record = self._record(analysis_id, kind, size, radiograph, analysis, stored,
+                                  given=(bool(age), bool(sex)))
+            del radiograph, detection, analysis  # the full-resolution image goes with the slot
+        self.results.put(analysis_id, stored)
+        image = record["image"]
+        log.info("analyzed %s: %d bytes, %s %dx%d, %d boxes, %.0f ms", analysis_id, size, kind, image["width"],
+                 image["height"], len(record["boxes"]), 1000 * (time.perf_counter() - start))
+        return record
+
+    def _read(self, upload: IO[bytes], content_type: str | None, analysis_id: str) -> tuple[str, int, Radiograph]:
+        """Sniff, store under a private temporary name, check the header's size and decode: (kind, bytes, image)."""
+        kind = sniff_upload(upload.read(132), content_type)
+        upload.seek(0)
+        with tempfile.TemporaryDirectory(prefix="hybridcxr-serve-") as folder:
+            path = Path(folder) / f"{analysis_id}{_SUFFIX[kind]}"
+            size = _copy_limited(upload, path, self.max_upload_bytes)
+            _check_pixels(path, kind, self.max_pixels)
+            return kind, size, _decode(path)
+
+    @staticmethod
+    def _checked(analysis_id: str, step: Callable[[], _T]) -> _T:
+        """Run ``step``; a refusal is logged by id and code only, then raised."""
         try:
-            given_age, given_sex = parse_demographics(age, sex)
-            kind = sniff_upload(upload.read(132), content_type)
-            upload.seek(0)
-            with tempfile.TemporaryDirectory(prefix="hybridcxr-serve-") as folder:
-                path = Path(folder) / f"{analysis_id}{_SUFFIX[kind]}"
-                size = _copy_limited(upload, path, self.max_upload_bytes)
-                _check_pixels(path, kind, self.max_pixels)
-                radiograph = _decode(path)
+            return step()
         except ServiceError as err:
             log.info("rejected %s: %d %s", analysis_id, err.status_code, err.code)
             raise
-        age_years = given_age if age else radiograph.age_years
-        sex_used = given_sex if sex else radiograph.sex
-        with self._lock:
-            detection = self.analyzer.detector.predict([radiograph], features=True)[0]
-            analysis = self.analyzer.analyze([detection], [age_years], [sex_used])[0]
-        stored = stored_result(radiograph.pixels, detection.boxes, analysis.probabilities, analysis.decisions,
-                               self.analyzer.findings)
-        self.results.put(analysis_id, stored)
-        record = self._record(analysis_id, kind, size, radiograph, analysis, stored, given=(bool(age), bool(sex)))
-        log.info("analyzed %s: %d bytes, %s %dx%d, %d boxes, %.0f ms", analysis_id, size, kind, radiograph.width,
-                 radiograph.height, len(detection.boxes), 1000 * (time.perf_counter() - start))
-        return record
 
     def stored(self, analysis_id: str) -> StoredResult:
         """The kept result of ``analysis_id``; 404 where unknown or already dropped."""
@@ -193,27 +218,47 @@ def _copy_limited(upload: IO[bytes], path: Path, limit: int) -> int:
 
 
 def _check_pixels(path: Path, kind: str, max_pixels: int) -> None:
-    """422 before decoding where the header claims more than ``max_pixels`` or a side under MIN_SIDE."""
+    """422 before decoding where the header claims more than ``max_pixels``, a side under MIN_SIDE or more than
+    one frame, and where it cannot be read at all: the check fails closed (a decoder would try anyway, and
+    OpenCV decodes PNGs Pillow refuses, a gigabyte at a time)."""
     try:
-        if kind == "dicom":
-            import pydicom
-
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["Rows", "Columns"])
-            height, width = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-            if not height or not width:
-                return  # no pixel description: the decoder names the problem
-        else:
-            from PIL import Image
-
-            with Image.open(path) as image:  # reads the header only
-                width, height = image.size
-    except Exception:  # noqa: BLE001 - an unreadable header: the decoder says what is wrong
-        return
+        width, height, frames = _claimed_size(path, kind)
+    except TooManyPixelsError:  # Pillow's own bomb check: more than twice its limit
+        raise ServiceError(422, "too_many_pixels", "the image claims more pixels than this service decodes "
+                                                   f"({max_pixels:,})") from None
+    except Exception as err:  # noqa: BLE001 - parsers raise many types on hostile headers
+        raise ServiceError(422, "undecodable", f"cannot read the image header ({type(err).__name__}): "
+                                               "refused before decoding") from None
+    if width is None or height is None:
+        raise ServiceError(422, "not_a_radiograph", "not a chest radiograph: the header gives no image size "
+                                                    "(DICOM Rows and Columns)")
     if width * height > max_pixels:
         raise ServiceError(422, "too_many_pixels", f"the image claims {width} x {height} pixels, more than the "
                                                    f"{max_pixels:,} this service decodes")
     if min(width, height) < MIN_SIDE:
         raise ServiceError(422, "not_a_radiograph", f"not a chest radiograph: {width} x {height} pixels is too small")
+    if frames > 1:
+        raise ServiceError(422, "not_a_radiograph", f"not a chest radiograph: {frames} frames (one is expected)")
+
+
+def _claimed_size(path: Path, kind: str) -> tuple[int | None, int | None, int]:
+    """(width, height, frames) from the header alone; None for a DICOM size element that is absent or empty."""
+    if kind == "dicom":
+        from hybridcxr.io.dicom import read_header
+
+        ds = read_header(path, ["Rows", "Columns", "NumberOfFrames"])
+
+        def number(keyword: str) -> int | None:
+            value = ds.get(keyword)
+            return int(value) if value not in (None, "") else None
+
+        return number("Columns"), number("Rows"), number("NumberOfFrames") or 1
+    from hybridcxr.io.images import claimed_size as image_size  # a PNG's IHDR, else Pillow's header parse
+
+    size = image_size(path)
+    if size is None:
+        raise NotAnImageError(path, "no readable image header")
+    return size[0], size[1], 1
 
 
 def _decode(path: Path) -> Radiograph:
@@ -225,6 +270,9 @@ def _decode(path: Path) -> Radiograph:
 
     try:
         return read_radiograph(path)
+    except TooManyPixelsError:  # hybridcxr.io's own limit (HYBRIDCXR_MAX_PIXELS), checked before decoding
+        raise ServiceError(422, "too_many_pixels", "the image claims more pixels than this service decodes "
+                                                   "(its decoder's limit)") from None
     except (UnsupportedModalityError, NoPixelDataError, MultiFrameError) as err:
         problem = err.problem.split("; pass allow_modality")[0]  # the service has no such switch
         raise ServiceError(422, "not_a_radiograph", f"not a chest radiograph: {plain(problem)}") from None

@@ -30,7 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, UID_dictionary, generate_uid
 
 from hybridcxr import __version__
-from hybridcxr.errors import RadiographWarning
+from hybridcxr.errors import HybridCXRError, RadiographWarning
 from hybridcxr.files import atomic_path
 from hybridcxr.io.radiograph import Radiograph
 
@@ -95,14 +95,13 @@ def source_patient_id(path: str | Path) -> str | None:
     :class:`~hybridcxr.io.Radiograph` does not keep identifiers, so the export reads this one from the file
     when it files the capture back into the patient's study.
     """
-    import pydicom
+    from hybridcxr.io.dicom import header_text, read_header
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["PatientID"])
-    except Exception:  # noqa: BLE001 - not a DICOM (PNG, JPEG): no Patient ID
+        ds = read_header(path, ["PatientID"])
+    except (HybridCXRError, OSError):  # not a DICOM (PNG, JPEG): no Patient ID
         return None
-    value = str(ds.get("PatientID", "") or "").strip()
-    return value or None
+    return header_text(ds, "PatientID")
 
 
 def _secondary_capture(pixels: np.ndarray, source: Radiograph, series_description: str,

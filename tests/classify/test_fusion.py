@@ -240,76 +240,93 @@ def test_weights_file_is_safetensors_not_pickle(tmp_path: Path, batch: dict[str,
     assert card["normalisation"]["features"]["yolo"]["mean"] == head.config.feature_mean["yolo"]
 
 
-def test_broken_checkpoints_raise_input_errors_naming_the_file(tmp_path: Path, batch: dict[str, object]) -> None:
-    head = _head(batch, ("cnn", "age"))
-    good = save_checkpoint(tmp_path / "good", head, head.config)
-    other = _head(batch, ("yolo", "age"))
-    save_checkpoint(tmp_path / "other", other, other.config)
+def _no_card(folder: Path, good: Path, other: Path) -> Path:
+    (folder / CARD_FILE).unlink()
+    return folder / CARD_FILE
 
+
+def _bad_json(folder: Path, good: Path, other: Path) -> Path:
+    (folder / CARD_FILE).write_text("{not json")
+    return folder / CARD_FILE
+
+
+def _wrong_kind(folder: Path, good: Path, other: Path) -> Path:
+    (folder / CARD_FILE).write_text(json.dumps({"kind": "hybridcxr detector"}))
+    return folder / CARD_FILE
+
+
+def _incomplete(folder: Path, good: Path, other: Path) -> Path:
+    card = json.loads((good / CARD_FILE).read_text())
+    del card["dims"]
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    return folder / CARD_FILE
+
+
+def _swapped(folder: Path, good: Path, other: Path) -> Path:  # weights of another save
+    (folder / WEIGHTS_FILE).write_bytes((other / WEIGHTS_FILE).read_bytes())
+    return folder / WEIGHTS_FILE
+
+
+def _swapped_hand_edited(folder: Path, good: Path, other: Path) -> Path:
+    _swapped(folder, good, other)
+    card = json.loads((good / CARD_FILE).read_text())
+    del card["weights_sha256"]  # a hand-edited card: the tensors themselves must then disagree
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    return folder / WEIGHTS_FILE
+
+
+def _truncated(folder: Path, good: Path, other: Path) -> Path:
+    (folder / WEIGHTS_FILE).write_bytes((good / WEIGHTS_FILE).read_bytes()[:100])
+    card = json.loads((good / CARD_FILE).read_text())
+    del card["weights_sha256"]
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    return folder / WEIGHTS_FILE
+
+
+def _renormalised(folder: Path, good: Path, other: Path) -> Path:
+    card = json.loads((good / CARD_FILE).read_text())
+    card["normalisation"]["features"]["cnn"]["mean"][0] += 1.0
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    return folder / CARD_FILE
+
+
+@pytest.fixture(scope="module")
+def saved_pair(tmp_path_factory, batch: dict[str, object]) -> tuple[Path, Path]:
+    """A good checkpoint and one of another head, to break copies of."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    head = _head(batch, ("cnn", "age"))
+    other = _head(batch, ("yolo", "age"))
+    return save_checkpoint(root / "good", head, head.config), save_checkpoint(root / "other", other, other.config)
+
+
+@pytest.mark.parametrize(("breaker", "match"), [
+    (_no_card, "missing"),
+    (_bad_json, "not readable JSON"),
+    (_wrong_kind, "not a fusion head card"),
+    (_incomplete, "invalid card"),
+    (_swapped, "different saves"),
+    (_swapped_hand_edited, "does not match card.json"),
+    (_truncated, "not a readable safetensors file"),
+    (_renormalised, "'cnn' normalisation differs"),
+])
+def test_broken_checkpoints_raise_input_errors_naming_the_file(tmp_path: Path, saved_pair: tuple[Path, Path],
+                                                               breaker, match: str) -> None:
+    good, other = saved_pair
+    folder = tmp_path / breaker.__name__.strip("_")
+    folder.mkdir()
+    for file in (WEIGHTS_FILE, CARD_FILE):
+        (folder / file).write_bytes((good / file).read_bytes())
+    named = breaker(folder, good, other)
+    with pytest.raises(InputError, match=match) as err:
+        load_checkpoint(folder)
+    if breaker is not _wrong_kind:
+        assert err.value.path == str(named)
+
+
+def test_missing_or_foreign_checkpoint_paths_are_input_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="missing") as err:
         load_checkpoint(tmp_path / "absent")
     assert err.value.path == str(tmp_path / "absent" / WEIGHTS_FILE)
-
-    def broken(name: str) -> Path:
-        folder = tmp_path / name
-        folder.mkdir()
-        for file in (WEIGHTS_FILE, CARD_FILE):
-            (folder / file).write_bytes((good / file).read_bytes())
-        return folder
-
-    no_card = broken("no_card")
-    (no_card / CARD_FILE).unlink()
-    with pytest.raises(InputError, match="missing") as err:
-        load_checkpoint(no_card)
-    assert err.value.path == str(no_card / CARD_FILE)
-
-    bad_json = broken("bad_json")
-    (bad_json / CARD_FILE).write_text("{not json")
-    with pytest.raises(InputError, match="not readable JSON") as err:
-        load_checkpoint(bad_json)
-    assert err.value.path == str(bad_json / CARD_FILE)
-
-    wrong_kind = broken("wrong_kind")
-    (wrong_kind / CARD_FILE).write_text(json.dumps({"kind": "hybridcxr detector"}))
-    with pytest.raises(InputError, match="not a fusion head card"):
-        load_checkpoint(wrong_kind)
-
-    incomplete = broken("incomplete")
-    card = json.loads((good / CARD_FILE).read_text())
-    del card["dims"]
-    (incomplete / CARD_FILE).write_text(json.dumps(card))
-    with pytest.raises(InputError, match="invalid card") as err:
-        load_checkpoint(incomplete)
-    assert err.value.path == str(incomplete / CARD_FILE)
-
-    swapped = broken("swapped")  # weights of another save
-    (swapped / WEIGHTS_FILE).write_bytes((tmp_path / "other" / WEIGHTS_FILE).read_bytes())
-    with pytest.raises(InputError, match="different saves") as err:
-        load_checkpoint(swapped)
-    assert err.value.path == str(swapped / WEIGHTS_FILE)
-
-    card = json.loads((good / CARD_FILE).read_text())
-    del card["weights_sha256"]  # a hand-edited card: the tensors themselves must then disagree
-    (swapped / CARD_FILE).write_text(json.dumps(card))
-    with pytest.raises(InputError, match="does not match card.json") as err:
-        load_checkpoint(swapped)
-    assert err.value.path == str(swapped / WEIGHTS_FILE)
-
-    truncated = broken("truncated")
-    (truncated / WEIGHTS_FILE).write_bytes((good / WEIGHTS_FILE).read_bytes()[:100])
-    (truncated / CARD_FILE).write_text(json.dumps(card))
-    with pytest.raises(InputError, match="not a readable safetensors file") as err:
-        load_checkpoint(truncated)
-    assert err.value.path == str(truncated / WEIGHTS_FILE)
-
-    renormalised = broken("renormalised")
-    card = json.loads((good / CARD_FILE).read_text())
-    card["normalisation"]["features"]["cnn"]["mean"][0] += 1.0
-    (renormalised / CARD_FILE).write_text(json.dumps(card))
-    with pytest.raises(InputError, match="'cnn' normalisation differs") as err:
-        load_checkpoint(renormalised)
-    assert err.value.path == str(renormalised / CARD_FILE)
-
     with pytest.raises(InputError, match="folder"):
         load_checkpoint(tmp_path / "head.pt")
 
@@ -325,3 +342,16 @@ def test_save_refuses_clashing_card_keys_and_foreign_configs(tmp_path: Path, bat
                                                                  tmp_path / "run" / CARD_FILE)
     save_checkpoint(tmp_path / "run" / WEIGHTS_FILE, head)  # config defaults to the head's
     assert load_checkpoint(tmp_path / "run")[1] == head.config
+
+
+@pytest.mark.parametrize("key, value", [("hidden", [4_000_000_000]), ("hidden", [4e9]), ("hidden", [0]),
+                                        ("dims", {"cnn": 10**9})])
+def test_a_card_asking_for_absurd_sizes_is_refused_before_allocating(tmp_path: Path, batch: dict[str, object],
+                                                                      key: str, value: object) -> None:
+    head = _head(batch, ("cnn", "age"))
+    folder = save_checkpoint(tmp_path / "run", head, head.config)
+    card = json.loads((folder / CARD_FILE).read_text())
+    card[key] = value if key == "hidden" else {**card["dims"], **value}
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(InputError, match="invalid card.*between 1 and 65536"):
+        load_checkpoint(folder)

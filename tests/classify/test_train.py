@@ -1,4 +1,4 @@
-"""The fusion classifier end to end on phantoms: feature cache, training with resume, the run folder, classify."""
+"""The fusion classifier end to end on phantoms: training with resume, the run folder, classify."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from typer.testing import CliRunner
 
-from hybridcxr.classify.cache import FeatureCache, StaleCacheError
+from hybridcxr.classify.cache import FeatureCache
 from hybridcxr.classify.train import (
     SplitData,
     classifier_config,
@@ -42,19 +42,6 @@ def test_run_folder_is_self_contained(classifier):
     assert list(history["epoch"]) == list(range(1, len(history) + 1))
     assert {"train_loss", "val_loss", "val_macro_auroc"} <= set(history.columns)
     assert 0 <= card["val_macro_auroc"] <= 1 and 1 <= card["best_epoch"] <= len(history)
-
-
-def test_feature_cache_holds_every_image_and_refuses_other_models(classifier):
-    folder, out, _ = classifier
-    manifest = pd.read_csv(folder / "prepared" / "manifest.csv", dtype={"image_id": str})
-    index = pd.read_csv(out / "features" / "index.csv", dtype={"image_id": str})
-    assert set(index["image_id"]) == set(manifest["image_id"])
-    meta = json.loads((out / "features" / "meta.json").read_text())
-    cache = FeatureCache(out / "features", meta["fingerprints"])
-    arrays = cache.load(manifest["image_id"].tolist()[:3])
-    assert arrays["yolo"].shape == (3, 704) and arrays["cnn"].shape == (3, 512)
-    with pytest.raises(StaleCacheError, match="another detector"):
-        FeatureCache(out / "features", {**meta["fingerprints"], "detector": "0" * 16})
 
 
 def _splits(folder: Path, cache_dir: Path) -> tuple[SplitData, SplitData, tuple[str, ...]]:
@@ -110,7 +97,7 @@ def test_classify_reports_each_files_own_demographics(classifier, shared_data, t
         assert row["sex"] == header.PatientSex
     assert np.isnan(predictions.loc[png.stem, "age_years"]) and pd.isna(predictions.loc[png.stem, "sex"])
     findings = list(json.loads((out / "model" / "card.json").read_text())["findings"])
-    assert list(predictions.columns) == ["age_years", "sex", *findings, *(f"{f} positive" for f in findings)]
+    assert list(predictions.columns) == ["age_years", "sex", *findings, *(f"{f} positive" for f in findings), "path"]
     probabilities = predictions[findings].to_numpy()
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
     assert set(np.unique(predictions[[f"{f} positive" for f in findings]])) <= {0, 1}
@@ -138,25 +125,6 @@ def test_classify_with_given_demographics(classifier, shared_data, tmp_path):
 def test_classify_needs_a_classifier_run(tmp_path):
     result = runner.invoke(app, ["classify", str(tmp_path), "--model", str(tmp_path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "not a classifier run folder" in result.output
-
-
-def test_evaluate_classifier_writes_the_report(classifier, tmp_path):
-    folder, out, _ = classifier
-    report = tmp_path / "report"
-    result = runner.invoke(app, ["evaluate", "classifier", "--model", str(out), "--data", str(folder / "prepared"),
-                                 "--split", "test", "--out", str(report), "--n-boot", "100", "--no-progress"])
-    assert result.exit_code == 0, result.output
-    text = (report / "report.md").read_text()
-    assert "split **test**" in text and "## Ablation" in text and "without demographics" in text
-    manifest = pd.read_csv(folder / "prepared" / "manifest.csv", dtype={"image_id": str, "patient_id": str})
-    test_rows = manifest[manifest["split"] == "test"]
-    assert f"{len(test_rows)} images of {test_rows['patient_id'].nunique()} patients" in text
-    for name in ("roc_curves.png", "pr_curves.png", "training_curves.png", "per_finding.csv", "subgroups.csv",
-                 "predictions.csv"):
-        assert (report / name).is_file(), name
-    manifest = pd.read_csv(folder / "prepared" / "manifest.csv", dtype={"image_id": str})
-    predictions = pd.read_csv(report / "predictions.csv", dtype={"image_id": str})
-    assert set(predictions["image_id"]) == set(manifest.loc[manifest["split"] == "test", "image_id"])
 
 
 def test_end_to_end_mode_fine_tunes_the_cnn_and_leaves_a_consistent_run(tiny_detector, tmp_path):

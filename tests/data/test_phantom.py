@@ -92,7 +92,7 @@ def test_layout_and_columns(built: tuple[Path, PhantomSummary]) -> None:
 def test_dicoms_read_back_as_12_bit_synthetic_dx(built: tuple[Path, PhantomSummary]) -> None:
     root, _ = built
     photometrics = Counter()
-    for image_id, (split, ds) in _dicoms(root).items():
+    for image_id, (_split, ds) in _dicoms(root).items():
         assert re.fullmatch(r"[0-9a-f]{32}", image_id)
         assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
         assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.1.1" == ds.file_meta.MediaStorageSOPClassUID
@@ -271,3 +271,17 @@ def test_rerun_replaces_and_refuses_foreign_folders(tmp_path: Path) -> None:
     for bad in (dict(n=0), dict(n=2, test_fraction=1.0), dict(n=2, size=(64, 64))):
         with pytest.raises(ValueError):
             make_phantom_dataset(tmp_path / "bad", **bad)
+
+
+def test_same_seed_same_phantoms_in_every_process():
+    """Nothing may depend on Python's per-process string hashing (set order): three processes, three hash
+    seeds, one plan of patients and findings (the old follow-up draw iterated a frozenset and differed)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("from hybridcxr.data.phantom import _plan\n"
+              "print(repr([(p.image_id, sorted(p.findings)) for p in _plan(40, 3, 0.2)]))\n")
+    plans = {subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": seed},
+                            check=True, capture_output=True, text=True).stdout for seed in ("1", "2", "3")}
+    assert len(plans) == 1

@@ -133,3 +133,28 @@ def test_killed_prepare_resumes_without_redoing_finished_images(phantom, tmp_pat
     assert len(manifest) == N
     assert not [p for p in out.rglob(".*") if p.is_file()], "temporary files left behind"
     assert f"{len(finished)} reused" in result.stdout
+
+
+def test_prepare_goes_past_hostile_images_and_lists_them(tmp_path):
+    """A palette image without its table and a PNG bomb behind a .dicom name: skipped with reasons, not fatal."""
+    from _hostile import write_hostile
+    from typer.testing import CliRunner
+
+    from hybridcxr.cli import app
+
+    root = tmp_path / "phantom"
+    make_phantom_dataset(root, n=8, seed=2, size=(192, 160), workers=1, progress=False)
+    hostile = tmp_path / "hostile"
+    expected = write_hostile(hostile)
+    victims = sorted((root / "train").glob("*.dicom"))[:2]
+    (victims[0]).write_bytes((hostile / "palette-no-lut.dcm").read_bytes())
+    (victims[1]).write_bytes((hostile / "bomb.png").read_bytes())
+    out = tmp_path / "prepared"
+    result = CliRunner().invoke(app, ["prepare", "vindr-cxr", "--root", str(root), "--out", str(out), "--size", "128",
+                                      "--workers", "0", "--no-progress"])
+    assert result.exit_code == 3, result.output
+    skipped = pd.read_csv(out / "skipped.csv", dtype=str).set_index("image_id")
+    assert skipped.loc[victims[0].stem, "reason"].count(expected["palette-no-lut.dcm"]) == 1
+    assert expected["bomb.png"] in skipped.loc[victims[1].stem, "reason"]
+    manifest = pd.read_csv(out / "manifest.csv", dtype={"image_id": str})
+    assert len(manifest) == 8 - 2 and not set(manifest["image_id"]) & {v.stem for v in victims}

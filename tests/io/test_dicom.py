@@ -394,3 +394,15 @@ def test_non_image_files(tmp_path: Path, content: bytes) -> None:
 def test_errors_are_radiograph_errors() -> None:
     for error in (NotAnImageError, NoPixelDataError, MultiFrameError, UnsupportedModalityError):
         assert issubclass(error, RadiographError)
+
+
+def test_read_header_reads_only_the_asked_tags_and_refuses_non_dicom(siim: Path, tmp_path: Path) -> None:
+    from hybridcxr.io.dicom import header_text, read_header
+
+    ds = read_header(siim, ["Rows", "Columns"])
+    assert int(ds.Rows) > 0 and int(ds.Columns) > 0 and "PixelData" not in ds and "PatientAge" not in ds
+    assert header_text(read_header(siim), "Modality") is not None
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\x89PNG not a dicom at all")
+    with pytest.raises(NotAnImageError, match="junk.dcm"):
+        read_header(junk)

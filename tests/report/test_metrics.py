@@ -1,9 +1,8 @@
-"""Classification metrics: AUROC as scikit-learn computes it, bootstrap CIs, class weights, thresholds."""
+"""Classification metrics: AUROC as scikit-learn computes it, bootstrap CIs, thresholds."""
 
 from __future__ import annotations
 
 import time
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,6 @@ from hybridcxr.report.metrics import (
     macro_auroc,
     micro_auroc,
     per_class_auroc,
-    pos_weight,
     threshold_metrics,
 )
 
@@ -187,35 +185,6 @@ def test_bootstrap_is_fast_enough(vindr_sized: tuple[np.ndarray, np.ndarray]) ->
     assert len(table) == len(VINDR_CXR) + 1 and table["auroc"].notna().all()
     assert (table["ci_low"] <= table["auroc"]).all() and (table["auroc"] <= table["ci_high"]).all()
     assert table.iloc[-1]["auroc"] == pytest.approx(macro_auroc(y, s, VINDR_CXR))
-
-
-# ---------------------------------------------------------------------------------------------- pos_weight
-
-
-def test_pos_weight_hand_made_table() -> None:
-    labels = np.array([
-        # a  b  c       a: 2 pos / 3 neg, b: 1 pos / 3 neg (one unlabelled), c: never positive
-        [1, 0, 0],
-        [1, 1, 0],
-        [0, 0, 0],
-        [0, np.nan, 0],
-        [0, 0, 0],
-    ])
-    with pytest.warns(DataWarning, match=r"c \(0 positive, 5 negative\)") as record:
-        inverse = pos_weight(labels, "inverse", findings=["a", "b", "c"])
-    assert len(record) == 1 and "b (" not in str(record[0].message)
-    assert inverse == pytest.approx([3 / 2, 3 / 1, 1.0])
-    with pytest.warns(DataWarning):
-        sqrt = pos_weight(labels, "sqrt-inverse", findings=["a", "b", "c"])
-    assert sqrt == pytest.approx([np.sqrt(1.5), np.sqrt(3.0), 1.0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert pos_weight(labels, "none").tolist() == [1.0, 1.0, 1.0]
-        assert pos_weight(labels[:, :2], "inverse").tolist() == [1.5, 3.0]
-    with pytest.warns(DataWarning, match="column 0"):
-        assert pos_weight(np.ones((3, 1))).tolist() == [1.0]  # all positive: 1.0, not 0
-    with pytest.raises(ValueError, match="scheme"):
-        pos_weight(labels, "log")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------- thresholds

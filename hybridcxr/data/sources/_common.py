@@ -230,9 +230,9 @@ def image_size(path: Path) -> tuple[int, int] | None:
     """``(width, height)`` of an image file from its header only (no pixel decoding); None if unreadable."""
     try:
         if path.suffix.lower() in (".dcm", ".dicom"):
-            import pydicom
+            from hybridcxr.io.dicom import read_header
 
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
+            ds = read_header(path, ["Rows", "Columns"])
             return int(ds.Columns), int(ds.Rows)
         from PIL import Image
 
@@ -258,16 +258,14 @@ _HEADER_COLUMNS = ("patient_id", "age_years", "sex", "view", "width", "height")
 
 
 def _read_header(path: Path) -> dict[str, Any]:
-    """Demographics (via :func:`hybridcxr.io.read_metadata`) plus PatientID and Rows/Columns of one DICOM."""
-    import pydicom
+    """Demographics (as :func:`hybridcxr.io.read_metadata` gives them) plus PatientID and Rows/Columns of one
+    DICOM, from one read of its header."""
+    from hybridcxr.io.dicom import dicom_meta, header_text, read_header
 
-    from hybridcxr.io import read_metadata
-
-    meta = read_metadata(path)
+    ds = read_header(path)
+    meta = dicom_meta(ds, path)
     row: dict[str, Any] = {"age_years": meta.age_years, "sex": meta.sex, "view": meta.view}
-    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID", "Rows", "Columns"])
-    pid = str(ds.get("PatientID", "") or "").strip()
-    row["patient_id"] = pid or None
+    row["patient_id"] = header_text(ds, "PatientID")
     row["width"] = int(ds.Columns) if "Columns" in ds else np.nan
     row["height"] = int(ds.Rows) if "Rows" in ds else np.nan
     return row

@@ -1,0 +1,119 @@
+"""The loaded models of a classifier run, shared by ``classify``, the service and Grad-CAM.
+
+:class:`Analyzer` holds the detector, the CNN and the fusion head, loaded once and checked against each other
+(the CNN's fingerprint must be the one the head was trained on); :class:`Analysis` is what it says about one
+radiograph. The batch jobs over files live in :mod:`hybridcxr.pipeline`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hybridcxr.detect.predict import Detection, Detector
+from hybridcxr.errors import InputError
+from hybridcxr.layout import ClassifierLayout
+
+
+@dataclass
+class Analysis:
+    """Everything the product says about one radiograph."""
+
+    detection: Detection
+    probabilities: dict[str, float]
+    decisions: dict[str, bool]
+    age_years: float | None
+    sex: str | None
+
+    @property
+    def image_id(self) -> str:
+        return self.detection.radiograph.image_id
+
+
+class Analyzer:
+    """The detector, the CNN and the fusion head of a classifier run, loaded once; one decode per image.
+
+    The CLI (``classify``) and the service call this same object, so they can never disagree.
+    """
+
+    def __init__(self, run: str | Path, device: str | None = None) -> None:
+        from hybridcxr.classify.backbone import build_backbone
+        from hybridcxr.classify.fusion import load_checkpoint
+
+        layout = ClassifierLayout(run).require()
+        self.head, self.config, self.card = load_checkpoint(layout.model)
+        self.detector = Detector.load(layout.detector, device=device)
+        info = self.card["backbone"]
+        self.backbone = build_backbone(info["name"], layout.backbone, input_size=int(info["size"]))
+        self.backbone = self.backbone.to(self.detector.device).eval()
+        if self.backbone.fingerprint() != info["fingerprint"]:
+            raise InputError(layout.backbone, "the CNN weights differ from those the head was trained on")
+        self._check_detector(layout.detector)
+        self.findings: list[str] = list(self.config.findings)
+        self.thresholds: dict[str, float] = {f: float(self.card["thresholds"].get(f, 0.5)) for f in self.findings}
+
+    def _check_detector(self, folder: Path) -> None:
+        """The detector must be the one whose pooled features the head was trained on (cards made before the
+        fingerprint was recorded are checked by feature width only)."""
+        from hybridcxr.classify.cache import detector_fingerprint
+
+        expected = self.card.get("detector", {})
+        if expected.get("feature_dim") not in (None, self.detector.feature_dim):
+            raise InputError(folder, f"the detector gives {self.detector.feature_dim} features; the head "
+                                               f"was trained on {expected['feature_dim']}")
+        if expected.get("fingerprint") not in (None, detector_fingerprint(self.detector)):
+            raise InputError(folder, "the detector weights differ from those the head was trained on")
+
+    def analyze(self, detections: Sequence[Detection], ages: Sequence[float | None] | None = None,
+                sexes: Sequence[str | None] | None = None) -> list[Analysis]:
+        """Classify detected radiographs (with their pooled features); demographics from the headers unless given."""
+        from hybridcxr.classify.backbone import embed
+        from hybridcxr.classify.fusion import assemble_inputs
+
+        if not detections:
+            return []
+        metas = [d.radiograph.meta for d in detections]
+        ages = [m.age_years for m in metas] if ages is None else list(ages)
+        sexes = [m.sex for m in metas] if sexes is None else list(sexes)
+        cnn = embed(self.backbone, [d.radiograph.pixels for d in detections], device=self.detector.device)
+        yolo = np.stack([d.features for d in detections])
+        inputs = assemble_inputs(self.config, yolo=yolo if "yolo" in self.config.groups else None,
+                                 cnn=cnn if "cnn" in self.config.groups else None,
+                                 age_years=[np.nan if a is None else a for a in ages], sex=sexes)
+        import torch
+
+        with torch.inference_mode():
+            probs = torch.sigmoid(self.head(inputs)).numpy()
+        out = []
+        for d, p, age, sex in zip(detections, probs, ages, sexes):
+            scores = {f: float(v) for f, v in zip(self.findings, p)}
+            out.append(Analysis(d, scores, {f: scores[f] >= self.thresholds[f] for f in self.findings}, age, sex))
+        return out
+
+    def analyze_paths(self, paths: Sequence[Path], *, demographics: Mapping[str, tuple[float | None, str | None]] | None = None,
+                      on_error=None, on_done=None, allow_modality: bool = False,
+                      image_ids: Mapping[Path, str] | None = None) -> Iterator[Analysis]:
+        """Read, detect and classify files in batches; ``demographics`` (by image_id) overrides the headers."""
+        size = self.detector.config["batch_predict"]
+        batch: list[Detection] = []
+
+        def flush() -> list[Analysis]:
+            ages = sexes = None
+            if demographics is not None:
+                given = [demographics.get(d.radiograph.image_id) for d in batch]
+                ages = [g[0] if g else d.radiograph.meta.age_years for g, d in zip(given, batch)]
+                sexes = [g[1] if g else d.radiograph.meta.sex for g, d in zip(given, batch)]
+            done = self.analyze(batch, ages, sexes)
+            batch.clear()
+            return done
+
+        for detection in self.detector.predict_paths(paths, features=True, on_error=on_error, on_done=on_done,
+                                                     allow_modality=allow_modality, image_ids=image_ids):
+            batch.append(detection)
+            if len(batch) == size:
+                yield from flush()
+        if batch:
+            yield from flush()
