@@ -11,33 +11,12 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
-
+from _dicoms import dicom_dataset
+from pydicom.dataset import Dataset
 
 def _dataset(pixels: np.ndarray, **elements) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = DX_STORAGE
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "DX"
-    ds.PatientSex = "F"
-    ds.PatientAge = "045Y"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.BitsAllocated = ds.BitsStored = pixels.dtype.itemsize * 8
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    return ds
+    """A valid one-frame DX dataset around ``pixels``, then ``elements`` set on it (the breakage)."""
+    return dicom_dataset(pixels, **elements)
 
 
 def good_pixels(seed: int = 0, size: int = 96) -> np.ndarray:
