@@ -8,17 +8,15 @@ at the end).
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from hybridcxr import __version__
-from hybridcxr.config import Fusion, LabelRule, config_default
+from hybridcxr.commands import console, default, errors, fail, finish_batch, out, show_progress
+from hybridcxr.config import Fusion, LabelRule
+from hybridcxr.lungs.cli import register as register_lungs
 
 app = typer.Typer(
     name="hybridcxr",
@@ -27,18 +25,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)  # no hard wraps: paths in messages stay copyable
-
-EXIT_INPUT = 1
-EXIT_USAGE = 2
-EXIT_SKIPPED = 3
-
-
-def _fail(err: Exception, code: int = 1) -> NoReturn:
-    """Print ``err`` (it names the file or setting, never patient data) and exit with ``code``."""
-    console.print(f"[bold red]error:[/] {err}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _version(value: bool) -> None:
@@ -65,38 +51,6 @@ def _fractions(text: str) -> list[float]:
         raise typer.BadParameter(f"expected three fractions for train,val,test, got {text!r}") from None
 
 
-def _default(job: str, key: str) -> str:
-    """A setting's default for a help text, read from its YAML (defaults are written there only)."""
-    value = config_default(job, key)
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-def _show_progress(wanted: bool) -> bool:
-    """Progress bars only when asked for and stderr is a terminal (never in logs and pipes)."""
-    return wanted and sys.stderr.isatty()
-
-
-def _finish_batch(result: object) -> None:
-    """Print a batch job's summary; exit 3 when it skipped inputs (they are listed in the summary)."""
-    out.print(str(result), highlight=False)
-    if getattr(result, "skipped", None):
-        raise typer.Exit(EXIT_SKIPPED)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """hybridcxr's own errors end the command with their message: exit 2 for a bad setting (a usage error),
-    1 for bad input or data."""
-    from hybridcxr.errors import ConfigError, HybridCXRError
-
-    try:
-        yield
-    except ConfigError as err:
-        _fail(err, EXIT_USAGE)
-    except HybridCXRError as err:
-        _fail(err)
-
-
 @app.command()
 def prepare(
     source: Annotated[str, typer.Argument(help="Dataset adapter: vindr-cxr, vindr-pcxr, nih, chestx-det10, pneumonia, coco.")],
@@ -105,14 +59,14 @@ def prepare(
     labels: Annotated[Path | None, typer.Option(help="Label table, where not at its official place under --root.")] = None,
     boxes: Annotated[Path | None, typer.Option(help="Box table, where not at its official place under --root.")] = None,
     extra_boxes: Annotated[list[Path] | None, typer.Option("--extra-boxes", help="More box files from other readers (nih: ChestX-Det10 JSON).")] = None,
-    size: Annotated[int | None, typer.Option(help=f"Long side of the cached images in pixels [{_default('prepare', 'size')}].")] = None,
-    bits: Annotated[int | None, typer.Option(help=f"Bit depth of the cached PNGs: 8 or 16 [{_default('prepare', 'bits')}].")] = None,
+    size: Annotated[int | None, typer.Option(help=f"Long side of the cached images in pixels [{default('prepare', 'size')}].")] = None,
+    bits: Annotated[int | None, typer.Option(help=f"Bit depth of the cached PNGs: 8 or 16 [{default('prepare', 'bits')}].")] = None,
     workers: Annotated[int | None, typer.Option(help="Decoding processes [all cores; 0 = in this process].")] = None,
-    fusion: Annotated[Fusion | None, typer.Option(help=f"Reader fusion [{_default('prepare', 'fusion')}].")] = None,
-    iou: Annotated[float | None, typer.Option(help=f"IoU above which readers' boxes of one finding are fused [{_default('prepare', 'iou')}; configs/datasets/ may differ].")] = None,
-    label_rule: Annotated[LabelRule | None, typer.Option(help=f"Image label from readers [{_default('prepare', 'label_rule')}].")] = None,
-    split: Annotated[str | None, typer.Option(help=f"Train,val,test fractions, patient-grouped and stratified [{_default('prepare', 'split')}].")] = None,
-    seed: Annotated[int | None, typer.Option(help=f"Seed of the split [{_default('prepare', 'seed')}].")] = None,
+    fusion: Annotated[Fusion | None, typer.Option(help=f"Reader fusion [{default('prepare', 'fusion')}].")] = None,
+    iou: Annotated[float | None, typer.Option(help=f"IoU above which readers' boxes of one finding are fused [{default('prepare', 'iou')}; configs/datasets/ may differ].")] = None,
+    label_rule: Annotated[LabelRule | None, typer.Option(help=f"Image label from readers [{default('prepare', 'label_rule')}].")] = None,
+    split: Annotated[str | None, typer.Option(help=f"Train,val,test fractions, patient-grouped and stratified [{default('prepare', 'split')}].")] = None,
+    seed: Annotated[int | None, typer.Option(help=f"Seed of the split [{default('prepare', 'seed')}].")] = None,
     keep_official_test: Annotated[bool | None, typer.Option("--keep-official-test/--resplit-test", help="Keep the dataset's own test split [configs/prepare.yaml].")] = None,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -122,16 +76,16 @@ def prepare(
     from hybridcxr.data.prepare import prepare as run_prepare
     from hybridcxr.data.sources import load_source
 
-    with _errors():
+    with errors():
         options = PrepareOptions(
             size=size, bits=bits, fusion=fusion, iou=iou, label_rule=label_rule,
             split=_fractions(split) if split is not None else None, seed=seed, keep_official_test=keep_official_test,
-            dataset=source, allow_modality=allow_modality, progress=_show_progress(progress),
+            dataset=source, allow_modality=allow_modality, progress=show_progress(progress),
             **({"workers": workers} if workers is not None else {}))
         extra = {"extra_boxes": list(extra_boxes)} if extra_boxes else {}
         tables = load_source(source, root, labels=labels, boxes=boxes, label_rule=options.label_rule, **extra)
         result = run_prepare(tables, out_dir, options)
-    _finish_batch(result)
+    finish_batch(result)
 
 
 @app.command("demo-data")
@@ -143,7 +97,7 @@ def demo_data(
     """Write synthetic phantom chest radiographs as DICOM in the VinDr-CXR layout (no downloads)."""
     from hybridcxr.data.phantom import make_phantom_dataset
 
-    summary = make_phantom_dataset(out_dir, n=n, seed=seed, progress=_show_progress(True))
+    summary = make_phantom_dataset(out_dir, n=n, seed=seed, progress=show_progress(True))
     out.print(f"Wrote {summary.n_train} train and {summary.n_test} test phantom DICOMs "
               f"({summary.n_patients} synthetic patients) to {out_dir}", highlight=False)
     out.print(f"Prepare them with: hybridcxr prepare vindr-cxr --root {out_dir} --out <PREPARED>", highlight=False)
@@ -163,8 +117,8 @@ def demo(
 
     if size not in SIZES:
         raise typer.BadParameter(f"--size must be one of {', '.join(SIZES)}, not {size!r}")
-    with _errors():
-        result = run_demo(out_dir, size, seed=seed, progress=_show_progress(progress),  # type: ignore[arg-type]
+    with errors():
+        result = run_demo(out_dir, size, seed=seed, progress=show_progress(progress),  # type: ignore[arg-type]
                           log=lambda line: console.print(line, highlight=False))
     metrics = Table(title=f"hybridcxr demo ({size}): phantom data, models trained from scratch for minutes")
     metrics.add_column("metric")
@@ -187,11 +141,13 @@ def demo(
     out.print(f"Summary: {out_dir / 'summary.md'}", highlight=False)
 
 
-train_app = typer.Typer(help="Train a model: the detector or the fusion classifier.", no_args_is_help=True)
+train_app = typer.Typer(help="Train a model: the detector, the fusion classifier or the lung segmenter.",
+                        no_args_is_help=True)
 evaluate_app = typer.Typer(help="Score predictions against ground truth, the way the field reports them.",
                            no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
+register_lungs(app, train_app)  # `train lungs` and `segment` live beside their package (hybridcxr/lungs/cli.py)
 
 
 @train_app.command("detector")
@@ -207,7 +163,7 @@ def train_detector_cmd(
     from hybridcxr.config import parse_overrides
     from hybridcxr.detect.train import detector_config, train_detector
 
-    with _errors():
+    with errors():
         settings = parse_overrides(overrides or [])
         settings.update({k: v for k, v in {"model": model, "epochs": epochs, "imgsz": imgsz}.items() if v is not None})
         run = train_detector(data, out_dir, detector_config(settings))
@@ -227,10 +183,10 @@ def train_classifier_cmd(
     from hybridcxr.classify.train import classifier_config, train_classifier
     from hybridcxr.config import parse_overrides, read_config_file
 
-    with _errors():
+    with errors():
         settings = read_config_file(config_file) if config_file is not None else {}
         config = classifier_config({**settings, **parse_overrides(overrides or [])})
-        card = train_classifier(data, detector, out_dir, config, progress=_show_progress(progress))
+        card = train_classifier(data, detector, out_dir, config, progress=show_progress(progress))
     out.print(f"Classifier trained: validation macro AUROC {card['val_macro_auroc']:.4f} at epoch "
               f"{card['best_epoch']}; run folder {out_dir}", highlight=False)
 
@@ -264,7 +220,7 @@ def classify(
         raise typer.BadParameter("--dicom exports the overlays: add --overlay")
     if truth is not None and not overlay:
         raise typer.BadParameter("--truth is drawn on the overlays: add --overlay")
-    with _errors():
+    with errors():
         table = read_demographics(demographics) if demographics is not None else None
         if age is not None or sex is not None:
             given_age = parse_age(age, source="--age") if age is not None else None
@@ -278,8 +234,8 @@ def classify(
         boxes = read_truth(truth, None)[0] if truth is not None else None
         result = classify_files(inputs, analyzer, out_dir, demographics=table, overlay=overlay, heatmap=heatmap,
                                 dicom=dicom, truth=boxes, allow_modality=allow_modality,
-                                progress=_show_progress(progress))
-    _finish_batch(result)
+                                progress=show_progress(progress))
+    finish_batch(result)
 
 
 @app.command()
@@ -308,7 +264,7 @@ def serve(
         trusted_hosts(host, allowed_host)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    with _errors():
+    with errors():
         run_server(model, host=host, port=port, max_upload_bytes=int(max_upload_mb * (1 << 20)), device=device,
                    allowed_hosts=allowed_host, timeout=timeout, max_decodes=max_decodes)
 
@@ -329,10 +285,10 @@ def tune(
     from hybridcxr.config import parse_overrides
     from hybridcxr.tune import tune_fusion
 
-    with _errors():
+    with errors():
         result = tune_fusion(data, detector, out_dir, trials=trials, storage=storage, study_name=study,
                              workers=workers, overrides=parse_overrides(overrides or []),
-                             progress=_show_progress(progress))
+                             progress=show_progress(progress))
     out.print(result, highlight=False)
 
 
@@ -361,7 +317,7 @@ def dashboard(
         server.wait()
     except (HybridCXRError, TimeoutError) as err:
         server.terminate()
-        _fail(err)
+        fail(err)
     except KeyboardInterrupt:
         server.terminate()
 
@@ -389,12 +345,12 @@ def detect(
     from hybridcxr.detect.evaluate import read_truth
     from hybridcxr.pipeline import detect_files
 
-    with _errors():
+    with errors():
         detector = Detector.load(weights, device=device)
         boxes = read_truth(truth, None)[0] if truth is not None else None
         result = detect_files(inputs, detector, out_dir, conf=conf, tta=tta, overlay=overlay, dicom=dicom, truth=boxes,
-                              allow_modality=allow_modality, progress=_show_progress(progress))
-    _finish_batch(result)
+                              allow_modality=allow_modality, progress=show_progress(progress))
+    finish_batch(result)
 
 
 @evaluate_app.command("detector")
@@ -412,7 +368,7 @@ def evaluate_detector_cmd(
 
     if interpolation not in ("voc2010", "coco101"):
         raise typer.BadParameter(f"--interpolation must be voc2010 or coco101, not {interpolation!r}")
-    with _errors():
+    with errors():
         result = evaluate_detector(pred, truth, split=split, iou_thr=iou, interpolation=interpolation)
     out.print(str(result), highlight=False)
     if report is not None:
@@ -432,9 +388,9 @@ def evaluate_classifier_cmd(
     """Per-finding AUROC with bootstrap CIs, F1 at the stored thresholds, ROC/PR plots, subgroups, ablations."""
     from hybridcxr.classify.evaluate import evaluate_classifier
 
-    with _errors():
+    with errors():
         report = evaluate_classifier(model, data, split=split, out=out_dir, ablation=ablation, n_boot=n_boot,
-                                     progress=_show_progress(progress))
+                                     progress=show_progress(progress))
     out.print(f"Report: {report}", highlight=False)
 
 

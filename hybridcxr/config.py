@@ -216,8 +216,45 @@ class TuneConfig(JobConfig):
     grace_period: int
 
 
+@dataclass(frozen=True, eq=False)
+class LungsConfig(JobConfig):
+    """``hybridcxr train lungs`` and ``segment``: the lung segmenter, its augmentation and the quality rules."""
+    imgsz: int
+    epochs: int
+    batch: int
+    lr: float
+    weight_decay: float
+    patience: int
+    lr_patience: int
+    val_fraction: float
+    channels: list[int]
+    res_units: int
+    rotate: float
+    scale: float
+    shift: float
+    brightness: float
+    contrast: float
+    gamma: float
+    aug_p: float
+    threshold: float
+    min_area: float
+    min_lung_share: float
+    seed: int
+    device: str
+    amp: bool
+    workers: int
+    threads: int
+
+    def __post_init__(self) -> None:
+        """The one rule that links two fields (the others are in ``_RULES``): each UNet level halves the side."""
+        if self.imgsz % 2 ** (len(self.channels) - 1):
+            raise ConfigError(CONFIG_DIR / "lungs.yaml", f"imgsz must be divisible by 2^(levels - 1) = "
+                                                         f"{2 ** (len(self.channels) - 1)}, got {self.imgsz}")
+
+
 JOBS: dict[str, type[JobConfig]] = {
     "prepare": PrepareConfig, "detector": DetectorConfig, "classifier": ClassifierConfig, "tune": TuneConfig,
+    "lungs": LungsConfig,
 }
 #: Checks beyond the type: (job, key) -> (test, what it must be).
 _RULES: dict[tuple[str, str], tuple[Any, str]] = {
@@ -234,6 +271,21 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("classifier", "backbone_size"): (lambda v: 32 <= v <= 2048, "between 32 and 2048"),
     ("detector", "imgsz"): (lambda v: 32 <= v <= 4096, "between 32 and 4096"),
     ("detector", "conf"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("lungs", "imgsz"): (lambda v: 32 <= v <= 2048, "between 32 and 2048"),
+    ("lungs", "epochs"): (lambda v: v >= 1, "at least 1"),
+    ("lungs", "batch"): (lambda v: v >= 1, "at least 1"),
+    ("lungs", "lr"): (lambda v: v > 0, "positive"),
+    ("lungs", "patience"): (lambda v: v >= 1, "at least 1"),
+    ("lungs", "val_fraction"): (lambda v: 0 < v < 1, "between 0 and 1"),
+    ("lungs", "channels"): (lambda v: 2 <= len(v) <= 7 and all(4 <= c <= 1024 for c in v),
+                            "2 to 7 widths between 4 and 1024"),
+    ("lungs", "res_units"): (lambda v: 0 <= v <= 4, "between 0 and 4"),
+    ("lungs", "aug_p"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("lungs", "threshold"): (lambda v: 0 < v < 1, "between 0 and 1"),
+    ("lungs", "min_area"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("lungs", "min_lung_share"): (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    ("lungs", "workers"): (lambda v: v >= 0, "0 or more"),
+    ("lungs", "threads"): (lambda v: v >= 0, "0 or more"),
 }
 
 

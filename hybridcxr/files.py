@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from hybridcxr.errors import OutputError
+from hybridcxr.errors import InputError, OutputError
 
 
 _FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})  # no space, over quota
@@ -95,3 +95,18 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_model_card(path: str | Path, kind: str, name: str) -> dict[str, Any]:
+    """A model card: the JSON object at ``path`` whose ``kind`` is ``kind``; InputError naming the file for a
+    missing, unreadable or foreign one (``name`` says what the card should be, e.g. "fusion head")."""
+    path = Path(path)
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, f"missing: no {name} card here") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(path, f"not readable JSON, not a valid {name} card ({str(err)[:200]})") from None
+    if not isinstance(card, dict) or card.get("kind") != kind:
+        raise InputError(path, f"not a {name} card (expected kind {kind!r})")
+    return card

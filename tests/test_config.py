@@ -32,6 +32,7 @@ def test_every_job_loads_its_yaml_into_its_dataclass(job):
     ("detector", "flipl", "fliplr"),
     ("classifier", "lr0", "lr"),
     ("tune", "trails", "trials"),
+    ("lungs", "imgsize", "imgsz"),
 ])
 def test_mistyped_key_fails_with_a_suggestion(job, typo, suggestion):
     with pytest.raises(ConfigError, match=rf"unknown key '{typo}' \(did you mean '{suggestion}'\?\)"):

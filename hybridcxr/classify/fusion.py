@@ -25,7 +25,6 @@ torch.Size([2, 2])
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import warnings
@@ -43,7 +42,7 @@ from torch import nn
 
 import hybridcxr
 from hybridcxr.errors import DataWarning, InputError
-from hybridcxr.files import file_sha256, write_atomic, write_json
+from hybridcxr.files import file_sha256, read_model_card, write_atomic, write_json
 from hybridcxr.io.demographics import MAX_AGE_YEARS, parse_sex
 
 #: Every feature group, in concatenation order.
@@ -405,12 +404,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     for file in (weights_path, card_path):
         if not file.is_file():
             raise InputError(file, f"missing; a fusion checkpoint folder holds {WEIGHTS_FILE} and {CARD_FILE}")
-    try:
-        card = json.loads(card_path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise InputError(card_path, f"not readable JSON ({err})") from err
-    if not isinstance(card, dict) or card.get("kind") != KIND:
-        raise InputError(card_path, f"not a fusion head card (expected kind {KIND!r})")
+    card = read_model_card(card_path, KIND, "fusion head")
     if int(card.get("card_version", 0)) > CARD_VERSION:
         raise InputError(card_path, f"card version {card['card_version']} is newer than this hybridcxr reads "
                                     f"({CARD_VERSION}); upgrade hybridcxr")

@@ -9,7 +9,6 @@ versions); :func:`load_detector` rebuilds the network from the yaml and fills in
 
 from __future__ import annotations
 
-import json
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 from hybridcxr.detect.card import check_model_yaml
 from hybridcxr.detect.ultralytics_env import import_ultralytics
 from hybridcxr.errors import DataWarning, InputError
-from hybridcxr.files import atomic_path, file_sha256, write_json
+from hybridcxr.files import atomic_path, file_sha256, read_model_card, write_json
 
 CARD_VERSION = 1
 
@@ -91,10 +90,7 @@ def load_detector(weights: str | Path, device: str | None = None, fuse: bool = T
     from ultralytics.nn.tasks import DetectionModel
 
     path = resolve_weights(weights)
-    try:
-        card = json.loads(card_path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(card_path(path), f"unreadable detector card ({err})") from None
+    card = read_model_card(card_path(path), "hybridcxr detector", "hybridcxr detector")
     _check_card(card, path)
     try:
         state = load_file(str(path))
