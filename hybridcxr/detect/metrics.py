@@ -495,7 +495,7 @@ class _Prepared:
             ids = pd.Index(pd.unique(pd.concat([truth["image_id"], pred["image_id"]], ignore_index=True)))
         else:
             ids = pd.Index(pd.unique(pd.Series([str(i) for i in image_ids], dtype=object)))
-        ids = ids.astype(object).rename("image_id")
+        ids = pd.Index(sorted(ids.astype(str)), dtype=object, name="image_id")  # codes rank ids: ties break by id
 
         boxes = truth[truth["finding"] != NO_FINDING]
         boxes = boxes[boxes["image_id"].isin(ids)]
@@ -550,8 +550,11 @@ def _match(
     pred_img: np.ndarray, pred_boxes: np.ndarray, scores: np.ndarray,
     gt_img: np.ndarray, gt_boxes: np.ndarray, iou_thr: float, rule: Interpolation,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Match one class's predictions to its truth boxes; return (scores sorted descending, true-positive flags)."""
-    order = np.argsort(-scores, kind="stable")
+    """Match one class's predictions to its truth boxes; return (scores sorted descending, true-positive flags).
+
+    Equal scores are taken in image id order, then in input order, so the same boxes give the same AP whether
+    they come from detections.csv or from the submission (whose rows are ordered differently)."""
+    order = np.lexsort((np.arange(len(scores)), pred_img, -scores))
     pred_img, pred_boxes, scores = pred_img[order], pred_boxes[order], scores[order]
     n = len(scores)
     tp = np.zeros(n, dtype=bool)

@@ -348,3 +348,18 @@ def test_full_test_set_size_is_fast():
     elapsed = time.perf_counter() - start
     assert report.n_images == n_images and 0.0 <= report.map <= 1.0
     assert elapsed < 15, f"evaluate_detections took {elapsed:.1f} s for {n} predictions"
+
+
+def test_equal_scores_break_ties_by_image_id_not_by_row_order():
+    """The same boxes in two row orders (detections.csv vs a submission) give one AP."""
+    truth = pd.DataFrame([("a", "Nodule/Mass", 10, 10, 20, 20), ("c", "Nodule/Mass", 10, 10, 20, 20)],
+                         columns=["image_id", "finding", *COORDS])
+    pred = pd.DataFrame([("a", "Nodule/Mass", 0.5, 10, 10, 20, 20),   # hit
+                         ("b", "Nodule/Mass", 0.5, 50, 50, 60, 60),   # miss, same score
+                         ("c", "Nodule/Mass", 0.5, 80, 80, 90, 90)],  # miss, same score
+                        columns=["image_id", "finding", "score", *COORDS])
+    orders = [[0, 1, 2], [2, 1, 0], [1, 2, 0]]
+    aps = {average_precision(pred.iloc[o].reset_index(drop=True), truth, "Nodule/Mass") for o in orders}
+    assert len(aps) == 1
+    # image order a, b, c: precision 1/1 at recall 1/2, then no further hit: VOC AP = 0.5
+    assert aps.pop() == pytest.approx(0.5)
