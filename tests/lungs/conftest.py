@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import forbid_network  # tests/conftest.py (tests/ is on sys.path)
+from _network import forbid_network
 
 #: A segmenter small enough to train in seconds on 2 cores.
 TINY = {"imgsz": 32, "channels": [8, 16, 32], "epochs": 4, "batch": 4, "patience": 4, "threads": 1, "lr": 1e-2}
