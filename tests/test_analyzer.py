@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 
 from hybridcxr.analyzer import Analyzer
 from hybridcxr.errors import InputError
-from hybridcxr.files import file_sha256
 
 
 def test_a_run_loads_and_reports_its_findings(tiny_classifier):
@@ -20,19 +18,11 @@ def test_a_run_loads_and_reports_its_findings(tiny_classifier):
 
 def test_a_swapped_detector_is_refused(tiny_classifier, tmp_path):
     """Weights edited (and their card's sha256 updated to match) still differ from the trained detector."""
-    from safetensors.torch import load_file, save_file
+    from _weights import edit_detector_weights
 
     _, run, _ = tiny_classifier
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    weights = copy / "detector" / "best.safetensors"
-    state = load_file(str(weights))
-    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
-    state[name] = state[name] * 1.01
-    save_file(state, str(weights))
-    card_file = copy / "detector" / "best.json"
-    card = json.loads(card_file.read_text())
-    card["weights_sha256"] = file_sha256(weights)
-    card_file.write_text(json.dumps(card))
+    edit_detector_weights(copy / "detector", lambda tensor: tensor * 1.01)
     with pytest.raises(InputError, match="detector weights differ from those the head was trained on"):
         Analyzer(copy, device="cpu")

@@ -114,20 +114,15 @@ def test_oversized_or_foreign_cards_are_refused(tiny_detector, tmp_path, edit, m
 
 
 def test_nan_weights_are_refused(tiny_detector, tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    from hybridcxr.files import file_sha256
+    from _weights import edit_detector_weights
 
     run = _tampered_run(tiny_detector, tmp_path, lambda c: None)
-    weights = run / "weights" / "best.safetensors"
-    state = load_file(str(weights))
-    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
-    state[name][0] = float("nan")
-    save_file(state, str(weights))
-    card_file = run / "weights" / "best.json"
-    card = json.loads(card_file.read_text())
-    card["weights_sha256"] = file_sha256(weights)
-    card_file.write_text(json.dumps(card))
+
+    def poison(tensor):
+        tensor.view(-1)[0] = float("nan")
+        return tensor
+
+    edit_detector_weights(run / "weights", poison)
     with pytest.raises(InputError, match="NaN or infinite"):
         load_detector(run, device="cpu")
 
