@@ -1,0 +1,1 @@
+"""DICOM objects hybridcxr writes into the source study: Structured Reports, Segmentations, Secondary Captures."""
