@@ -42,8 +42,12 @@ class Analyzer:
     def __init__(self, run: str | Path, device: str | None = None) -> None:
         from hybridcxr.classify.backbone import build_backbone
         from hybridcxr.classify.fusion import load_checkpoint
+        from hybridcxr.dicom_out.identity import model_version
 
         layout = ClassifierLayout(run).require()
+        self.run = layout.root
+        self.model_version: str = model_version(layout.card)
+        """The first 16 hex digits of the card's SHA-256: what our DICOM objects cite as the model version."""
         self.head, self.config, self.card = load_checkpoint(layout.model)
         self.detector = Detector.load(layout.detector, device=device)
         info = self.card["backbone"]

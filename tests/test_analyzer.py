@@ -14,6 +14,9 @@ def test_a_run_loads_and_reports_its_findings(tiny_classifier):
     _, run, card = tiny_classifier
     analyzer = Analyzer(run, device="cpu")
     assert analyzer.findings == list(card["findings"]) and set(analyzer.thresholds) == set(card["findings"])
+    from hybridcxr.dicom_out.identity import model_version
+
+    assert analyzer.model_version == model_version(run / "model" / "card.json")
 
 
 def test_a_swapped_detector_is_refused(tiny_classifier, tmp_path):
