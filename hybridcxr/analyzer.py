@@ -1,7 +1,7 @@
 """The loaded models of a classifier run, shared by ``classify``, the service and Grad-CAM.
 
-:class:`Analyzer` holds the detector, the CNN and the fusion head, loaded once and checked against each other
-(the CNN's fingerprint must be the one the head was trained on); :class:`Analysis` is what it says about one
+:class:`Analyzer` holds the detector, the CNN, the lung segmenter (when the run has one) and the fusion head,
+loaded once and checked against each other (each fingerprint must be the one the head was trained on); :class:`Analysis` is what it says about one
 radiograph. The batch jobs over files live in :mod:`hybridcxr.pipeline`.
 """
 
@@ -16,6 +16,7 @@ import numpy as np
 from hybridcxr.detect.predict import Detection, Detector
 from hybridcxr.errors import InputError
 from hybridcxr.layout import ClassifierLayout
+from hybridcxr.lungs.measures import LungMeasures
 
 
 @dataclass
@@ -27,6 +28,8 @@ class Analysis:
     decisions: dict[str, bool]
     age_years: float | None
     sex: str | None
+    lungs: LungMeasures | None = None
+    """The lung-field measurements, when the run has a lung model."""
 
     @property
     def image_id(self) -> str:
@@ -56,6 +59,9 @@ class Analyzer:
         if self.backbone.fingerprint() != info["fingerprint"]:
             raise InputError(layout.backbone, "the CNN weights differ from those the head was trained on")
         self._check_detector(layout.detector)
+        from hybridcxr.classify.cache import run_lung_side
+
+        self.lungs = run_lung_side(layout.lungs, self.card.get("lungs"), device=self.detector.device)
         self.findings: list[str] = list(self.config.findings)
         self.thresholds: dict[str, float] = {f: float(self.card["thresholds"].get(f, 0.5)) for f in self.findings}
 
@@ -82,19 +88,24 @@ class Analyzer:
         metas = [d.radiograph.meta for d in detections]
         ages = [m.age_years for m in metas] if ages is None else list(ages)
         sexes = [m.sex for m in metas] if sexes is None else list(sexes)
-        cnn = embed(self.backbone, [d.radiograph.pixels for d in detections], device=self.detector.device)
+        pixels = [d.radiograph.pixels for d in detections]
+        lungs, measures = None, [None] * len(detections)
+        if self.lungs is not None:
+            lungs, pixels, measures = self.lungs.inputs(pixels)
+        cnn = embed(self.backbone, pixels, device=self.detector.device)
         yolo = np.stack([d.features for d in detections])
-        inputs = assemble_inputs(self.config, yolo=yolo if "yolo" in self.config.groups else None,
-                                 cnn=cnn if "cnn" in self.config.groups else None,
+        groups = self.config.groups
+        inputs = assemble_inputs(self.config, yolo=yolo if "yolo" in groups else None,
+                                 cnn=cnn if "cnn" in groups else None, lungs=lungs if "lungs" in groups else None,
                                  age_years=[np.nan if a is None else a for a in ages], sex=sexes)
         import torch
 
         with torch.inference_mode():
             probs = torch.sigmoid(self.head(inputs)).numpy()
         out = []
-        for d, p, age, sex in zip(detections, probs, ages, sexes):
+        for d, p, age, sex, m in zip(detections, probs, ages, sexes, measures):
             scores = {f: float(v) for f, v in zip(self.findings, p)}
-            out.append(Analysis(d, scores, {f: scores[f] >= self.thresholds[f] for f in self.findings}, age, sex))
+            out.append(Analysis(d, scores, {f: scores[f] >= self.thresholds[f] for f in self.findings}, age, sex, m))
         return out
 
     def analyze_paths(self, paths: Sequence[Path], *, demographics: Mapping[str, tuple[float | None, str | None]] | None = None,

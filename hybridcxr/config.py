@@ -83,6 +83,12 @@ class ThresholdRule(StrEnum):
     youden = "youden"
 
 
+class Crop(StrEnum):
+    """What the CNN embedding sees: the whole radiograph, or the lung-field box (with a margin)."""
+    none = "none"
+    lungs = "lungs"
+
+
 class Pruner(StrEnum):
     """Optuna's pruner of lagging trials."""
     median = "median"
@@ -179,6 +185,9 @@ class ClassifierConfig(JobConfig):
     backbone_weights: Union[str, None]
     backbone_size: int
     groups: list[str]
+    lungs: Union[str, None]
+    crop: Crop
+    crop_margin: float
     hidden: list[int]
     dropout: float
     layer_norm: bool
@@ -198,6 +207,20 @@ class ClassifierConfig(JobConfig):
     backbone_lr: float
     e2e_batch_size: int
     e2e_workers: int
+
+    def __post_init__(self) -> None:
+        """The rules that link fields: the ``lungs`` group and the lung crop need a lung model (``lungs=RUN``);
+        the group is dropped from the default list when none is given."""
+        where = CONFIG_DIR / "classifier.yaml"
+        if self.lungs is None:
+            if self.crop == Crop.lungs:
+                raise ConfigError(where, "crop=lungs needs a lung model: lungs=RUN (from `hybridcxr train lungs`)")
+            groups = [g for g in self.groups if g != "lungs"]
+            if not groups:
+                raise ConfigError(where, "the lungs group needs a lung model: lungs=RUN")
+            object.__setattr__(self, "groups", groups)
+        if self.end_to_end and self.crop == Crop.lungs:
+            raise ConfigError(where, "end_to_end=true fine-tunes the CNN on whole prepared images: use crop=none")
 
 
 @dataclass(frozen=True, eq=False)
@@ -263,8 +286,9 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("prepare", "iou"): (lambda v: 0 < v < 1, "between 0 and 1"),
     ("prepare", "split"): (lambda v: len(v) == 3 and min(v) >= 0 and abs(sum(v) - 1) < 1e-6,
                            "three fractions (train, val, test) summing to 1"),
-    ("classifier", "groups"): (lambda v: bool(v) and set(v) <= {"yolo", "cnn", "age", "sex"},
-                               "a non-empty list of yolo, cnn, age, sex"),
+    ("classifier", "groups"): (lambda v: bool(v) and set(v) <= {"yolo", "cnn", "lungs", "age", "sex"},
+                               "a non-empty list of yolo, cnn, lungs, age, sex"),
+    ("classifier", "crop_margin"): (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
     ("classifier", "hidden"): (lambda v: all(0 < w <= 65536 for w in v), "widths between 1 and 65536"),
     ("classifier", "dropout"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("classifier", "lr"): (lambda v: v > 0, "positive"),

@@ -1,7 +1,8 @@
 """The main job on built-in phantom data: every stage of the product, end to end, with nothing downloaded.
 
 ``hybridcxr demo`` writes phantom DICOMs, prepares them (patient-grouped split, reader fusion), trains the
-detector and the fusion classifier briefly, runs a few Optuna trials on SQLite, runs ``detect`` and
+detector, a lung segmenter (on the phantoms' true lung fields) and the fusion classifier (with the lung
+measurements and the CNN on the lung-field crop) briefly, runs a few Optuna trials on SQLite, runs ``detect`` and
 ``classify`` on the held-back test phantoms (overlays included), evaluates both models on that split and
 prints a summary: the headline numbers, the time per stage and where each output is.
 
@@ -28,9 +29,9 @@ Size = Literal["small", "medium"]
 #: What each size runs. ``small`` is the README's first command: within 10 minutes on 2 CPU cores.
 SIZES: dict[str, dict[str, Any]] = {
     "small": {"images": 240, "prepare_size": 320, "det_epochs": 30, "det_imgsz": 256, "trials": 8,
-              "n_boot": 500},
+              "n_boot": 500, "lungs": {"imgsz": 128, "channels": [8, 16, 32, 64], "epochs": 8, "patience": 3}},
     "medium": {"images": 600, "prepare_size": 384, "det_epochs": 60, "det_imgsz": 320, "trials": 30,
-               "n_boot": 1000},
+               "n_boot": 1000, "lungs": {"imgsz": 192, "channels": [8, 16, 32, 64], "epochs": 12, "patience": 4}},
 }
 
 
@@ -61,6 +62,7 @@ class DemoResult:
 #: Runs one stage: ``(name, done, job)`` logs the stage, calls ``job`` unless ``done``, times it and
 #: returns what ``job`` returned (None when skipped).
 _StageRunner = Callable[[str, bool, Callable[[], Any]], Any]
+STAGES = 10
 
 
 @dataclass(frozen=True)
@@ -73,11 +75,13 @@ class _DemoPaths:
     detector: Path
     classifier: Path
     tune: Path
+    lungs: Path
 
     @classmethod
     def under(cls, out: Path) -> _DemoPaths:
         """The demo's folders under ``out``."""
-        return cls(out, out / "phantom", out / "prepared", out / "detector", out / "classifier", out / "tune")
+        return cls(out, out / "phantom", out / "prepared", out / "detector", out / "classifier", out / "tune",
+                   out / "lungs")
 
 
 def run_demo(out: str | Path = "demo-out", size: Size = "small", *, seed: int = 0, progress: bool = True,
@@ -108,10 +112,10 @@ def run_demo(out: str | Path = "demo-out", size: Size = "small", *, seed: int = 
 
 
 def _stage_runner(result: DemoResult, log: Callable[[str], None]) -> _StageRunner:
-    """A :data:`_StageRunner` that logs ``[k/9] name`` and appends each stage's :class:`Stage` to ``result``."""
+    """A :data:`_StageRunner` that logs ``[k/10] name`` and appends each stage's :class:`Stage` to ``result``."""
 
     def stage(name: str, done: bool, job: Callable[[], Any]) -> Any:
-        log(f"[{len(result.stages) + 1}/9] {name}" + (": already done, skipped" if done else ""))
+        log(f"[{len(result.stages) + 1}/{STAGES}] {name}" + (": already done, skipped" if done else ""))
         start = time.perf_counter()
         value = None if done else job()
         result.stages.append(Stage(name, time.perf_counter() - start, done))
@@ -129,7 +133,7 @@ def _make_data(stage: _StageRunner, paths: _DemoPaths, plan: Mapping[str, Any], 
 
     phantom, prepared = paths.phantom, paths.prepared
     stage(f"phantom data: {plan['images']} synthetic DICOMs", (phantom / "annotations" / "image_labels_test.csv").is_file(),
-          lambda: make_phantom_dataset(phantom, n=plan["images"], seed=seed, progress=progress))
+          lambda: make_phantom_dataset(phantom, n=plan["images"], seed=seed, progress=progress, lung_masks=True))
     stage("prepare: patient-grouped split, reader fusion, cached PNGs", PreparedLayout(prepared).manifest.is_file(),
           lambda: prepare(load_source("vindr-cxr", phantom), prepared,
                           PrepareOptions(size=plan["prepare_size"], seed=seed, progress=progress)))
@@ -137,9 +141,13 @@ def _make_data(stage: _StageRunner, paths: _DemoPaths, plan: Mapping[str, Any], 
 
 def _train_models(stage: _StageRunner, paths: _DemoPaths, plan: Mapping[str, Any], seed: int,
                   progress: bool) -> None:
-    """Stages 3-5: train the detector, then the fusion classifier on its features, then the Optuna study."""
+    """Stages 3-6: train the detector and the lung segmenter, then the fusion classifier on their features (and
+    the CNN on the lung-field crop), then the Optuna study."""
     from hybridcxr.classify.train import classifier_config, train_classifier
+    from hybridcxr.config import load_config
     from hybridcxr.detect.train import detector_config, train_detector
+    from hybridcxr.lungs.card import card_path
+    from hybridcxr.lungs.train import train_lungs
     from hybridcxr.tune import tune_fusion
 
     prepared, det_run, cls_run = paths.prepared, paths.detector, paths.classifier
@@ -147,19 +155,24 @@ def _train_models(stage: _StageRunner, paths: _DemoPaths, plan: Mapping[str, Any
           DetectorLayout(det_run).card.is_file(),
           lambda: train_detector(prepared, det_run, detector_config(
               {"epochs": plan["det_epochs"], "imgsz": plan["det_imgsz"], "seed": seed})))
+    lungs = {"imgsz": 128, **plan.get("lungs", {}), "seed": seed}
+    stage(f"train lungs: U-Net at {lungs['imgsz']} px on the phantoms' true lung fields",
+          card_path(paths.lungs).is_file(),
+          lambda: train_lungs(paths.phantom / "lungs", paths.lungs, load_config("lungs", overrides=lungs),
+                              progress=progress))
+    hybrid = {"seed": seed, "lungs": str(paths.lungs), "crop": "lungs"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the randomly initialised CNN: said once in the summary
-        stage("train classifier: detector features + ResNet-18 + age/sex, weighted BCE",
+        stage("train classifier: detector features + ResNet-18 on the lung fields + lung measures + age/sex",
               ClassifierLayout(cls_run).card.is_file(),
-              lambda: train_classifier(prepared, det_run, cls_run, classifier_config({"seed": seed}),
-                                       progress=progress))
+              lambda: train_classifier(prepared, det_run, cls_run, classifier_config(hybrid), progress=progress))
         stage(f"tune: {plan['trials']} Optuna trials on SQLite", False,
               lambda: tune_fusion(prepared, det_run, paths.tune, trials=plan["trials"],
-                                  overrides={"seed": seed}, progress=progress))
+                                  overrides=hybrid, progress=progress))
 
 
 def _run_on_held_back(stage: _StageRunner, paths: _DemoPaths, progress: bool) -> tuple[Any, Any]:
-    """Stages 6-7: ``detect`` and ``classify`` on the held-back test phantoms, with overlays, as a user
+    """Stages 7-8: ``detect`` and ``classify`` on the held-back test phantoms, with overlays, as a user
     would run them; returns both runs' results."""
     from hybridcxr.detect.predict import Detector
     from hybridcxr.pipeline import Analyzer, classify_files, detect_files
@@ -176,7 +189,7 @@ def _run_on_held_back(stage: _StageRunner, paths: _DemoPaths, progress: bool) ->
 
 def _evaluate(stage: _StageRunner, paths: _DemoPaths, plan: Mapping[str, Any], progress: bool
               ) -> tuple[Any, Path]:
-    """Stages 8-9: score the detections (report also written as ``detect/evaluation.md``) and evaluate the
+    """Stages 9-10: score the detections (report also written as ``detect/evaluation.md``) and evaluate the
     classifier on the test split; returns the detector report and the classifier report's path."""
     from hybridcxr.classify.evaluate import evaluate_classifier
     from hybridcxr.detect.evaluate import evaluate_detector

@@ -123,6 +123,11 @@ class ClassifierLayout:
         return self.root / "backbone.safetensors"
 
     @property
+    def lungs(self) -> Path:
+        """The lung segmenter the head's ``lungs`` group (or the CNN's lung crop) came from, copied in."""
+        return self.root / "lungs"
+
+    @property
     def features(self) -> Path:
         """The feature cache of the run's final models."""
         return self.root / "features"

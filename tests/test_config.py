@@ -91,3 +91,18 @@ def test_cli_rejects_a_mistyped_key_before_any_work(tmp_path):
     result = runner.invoke(app, ["train", "detector", "--data", str(missing), "--out", str(tmp_path / "det"),
                                  "mosaik=0"])
     assert result.exit_code == 2 and "did you mean 'mosaic'?" in result.output, result.output
+
+
+def test_the_lungs_group_and_crop_follow_the_lung_model():
+    from hybridcxr.config import load_config
+
+    assert "lungs" not in load_config("classifier").groups, "no lung model: the default drops the lungs group"
+    assert load_config("classifier", overrides={"lungs": "runs/lungs"}).groups == ["yolo", "cnn", "lungs", "age", "sex"]
+    with pytest.raises(ConfigError, match="crop=lungs needs a lung model"):
+        load_config("classifier", overrides={"crop": "lungs"})
+    with pytest.raises(ConfigError, match="the lungs group needs a lung model"):
+        load_config("classifier", overrides={"groups": ["lungs"]})
+    with pytest.raises(ConfigError, match="use crop=none"):
+        load_config("classifier", overrides={"lungs": "runs/lungs", "crop": "lungs", "end_to_end": True})
+    with pytest.raises(ConfigError, match="crop_margin"):
+        load_config("classifier", overrides={"crop_margin": 0.9})

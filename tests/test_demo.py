@@ -7,7 +7,8 @@ import pytest
 
 from hybridcxr.demo import run_demo
 
-TOY = {"images": 30, "prepare_size": 160, "det_epochs": 1, "det_imgsz": 128, "trials": 2, "n_boot": 50}
+TOY = {"images": 30, "prepare_size": 160, "det_epochs": 1, "det_imgsz": 128, "trials": 2, "n_boot": 50,
+       "lungs": {"imgsz": 32, "channels": [8, 16, 32], "epochs": 2, "patience": 2, "threads": 1}}
 
 
 @pytest.mark.slow
@@ -16,7 +17,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, no_network):
     lines: list[str] = []
     result = run_demo(out, "small", progress=False, log=lines.append, plan=TOY)
     assert not no_network, f"the demo tried the network: {no_network}"
-    assert [s.skipped for s in result.stages] == [False] * 9 and len(lines) == 9
+    assert [s.skipped for s in result.stages] == [False] * 10 and len(lines) == 10
     for key in ("detections", "predictions", "detector evaluation", "classifier report (ROC curves)",
                 "best tuned config"):
         assert result.outputs[key].is_file(), key
@@ -32,4 +33,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, no_network):
     assert "mAP@0.4" in summary and "macro AUROC" in summary and "train detector" in summary
 
     again = run_demo(out, "small", progress=False, log=lines.append, plan=TOY)
-    assert [s.skipped for s in again.stages[:4]] == [True] * 4  # data, prepare, detector, classifier reused
+    assert [s.skipped for s in again.stages[:5]] == [True] * 5  # data, prepare, detector, lungs, classifier reused
+    card = (out / "classifier" / "model" / "card.json").read_text()
+    assert '"lungs": {' in card and (out / "classifier" / "lungs" / "lungs.safetensors").is_file()
+    assert list((out / "phantom" / "lungs" / "masks").glob("*.png"))

@@ -451,7 +451,7 @@ def test_load_tune_data_reads_a_prepared_dataset_and_its_cache(tmp_path):
                   "sex": ["M", "F", None, "M", "F", "M"], **{f: [0, 1, 0, 1, 1, 0] for f in FINDINGS}}
                  ).to_csv(prepared / "manifest.csv", index=False)
     rng = np.random.default_rng(0)
-    FeatureCache(cache, {"detector": "d", "backbone": "b"}).add(ids, rng.normal(size=(6, 8)), rng.normal(size=(6, 4)))
+    FeatureCache(cache, {"detector": "d", "backbone": "b"}).add(ids, {"yolo": rng.normal(size=(6, 8)), "cnn": rng.normal(size=(6, 4))})
     loaded = load_tune_data(prepared, cache)
     assert loaded.findings == FINDINGS and loaded.train.image_ids == ids[:4] and loaded.val.image_ids == ids[4:]
     assert loaded.train.features["yolo"].shape == (4, 8) and loaded.val.features["cnn"].shape == (2, 4)

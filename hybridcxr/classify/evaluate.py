@@ -2,7 +2,7 @@
 
 Scores come from the run's own models (its detector, CNN and head) on cached features of the prepared
 images. The ablation table retrains the head on the same cached features with feature groups left out (no
-demographics, no detector features, no CNN embedding), with the run's own training settings, and scores
+demographics, no detector features, no CNN embedding, no lung features), with the run's own training settings, and scores
 each variant on the same split: what each input is worth, measured rather than claimed.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hybridcxr.classify.cache import run_lung_side
 from hybridcxr.classify.fusion import load_checkpoint
 from hybridcxr.classify.train import (
     cache_features,
@@ -32,6 +33,7 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "without demographics": ("age", "sex"),
     "without detector features": ("yolo",),
     "without CNN embedding": ("cnn",),
+    "without lung features": ("lungs",),
 }
 
 
@@ -46,7 +48,7 @@ def evaluate_classifier(run: str | Path, prepared: str | Path, *, split: str = "
     findings = tuple(fusion.findings)
     config = classifier_config({k: v for k, v in card["train_config"].items() if k != "cache"})
     detector, backbone = open_models(layout.detector, config, layout.backbone)
-    cache = cache_features(prepared, detector, backbone, layout.features, progress)
+    cache = cache_features(prepared, detector, backbone, layout.features, progress, run_lung_side(layout.lungs, card.get("lungs")))
     data = load_split_data(prepared, cache, findings, split)
     scores = predict_head(head, data)
     table = None

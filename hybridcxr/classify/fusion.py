@@ -4,10 +4,12 @@ Feature groups (any non-empty subset, always concatenated in this order):
 
 - ``"yolo"``: the detector's pooled neck features (width given by the detector);
 - ``"cnn"``: the CNN embedding (512 for ResNet-18, 1024 for DenseNet-121);
+- ``"lungs"``: lung-field measurements from the lung segmenter, with a missing flag
+  (:data:`hybridcxr.lungs.features.LUNG_FEATURES`);
 - ``"age"``: standardised age and a missing flag (2 inputs), from :func:`encode_demographics`;
 - ``"sex"``: one-hot ``M``, ``F``, missing (3 inputs), from :func:`encode_demographics`.
 
-The ``yolo`` and ``cnn`` groups are standardised inside the head with the training set's per-feature mean and
+The ``yolo``, ``cnn`` and ``lungs`` groups are standardised inside the head with the training set's per-feature mean and
 std (buffers, so they travel with the weights); age is standardised by :func:`encode_demographics` with the
 ``age_mean``/``age_std`` of the :class:`FusionConfig`, so every normalisation constant lives in the config
 and its card.
@@ -46,9 +48,11 @@ from hybridcxr.files import file_sha256, read_model_card, write_atomic, write_js
 from hybridcxr.io.demographics import MAX_AGE_YEARS, parse_sex
 
 #: Every feature group, in concatenation order.
-GROUPS: tuple[str, ...] = ("yolo", "cnn", "age", "sex")
+GROUPS: tuple[str, ...] = ("yolo", "cnn", "lungs", "age", "sex")
+#: The groups of a head built without a lung model.
+DEFAULT_GROUPS: tuple[str, ...] = ("yolo", "cnn", "age", "sex")
 #: Groups the head standardises itself (per-feature mean/std buffers).
-STANDARDISED: tuple[str, ...] = ("yolo", "cnn")
+STANDARDISED: tuple[str, ...] = ("yolo", "cnn", "lungs")
 #: Widths of the demographic blocks, fixed by :func:`encode_demographics`.
 FIXED_DIMS: dict[str, int] = {"age": 2, "sex": 3}
 #: Columns of the sex block.
@@ -71,7 +75,8 @@ class FusionConfig:
     Args:
         findings: one logit per finding, in this order.
         groups: feature groups used (non-empty subset of :data:`GROUPS`); kept in :data:`GROUPS` order.
-        dims: input width per group; ``yolo`` and ``cnn`` must be given, ``age`` (2) and ``sex`` (3) are filled in.
+        dims: input width per group; ``yolo``, ``cnn`` and ``lungs`` must be given, ``age`` (2) and ``sex`` (3)
+            are filled in.
         hidden: widths of the hidden layers (Linear-[LayerNorm]-ReLU-Dropout each); ``()`` gives a linear model.
         dropout: dropout probability after each hidden layer.
         layer_norm: whether to put a LayerNorm after each hidden Linear.
@@ -82,7 +87,7 @@ class FusionConfig:
     """
 
     findings: tuple[str, ...]
-    groups: tuple[str, ...] = GROUPS
+    groups: tuple[str, ...] = DEFAULT_GROUPS
     dims: dict[str, int] = field(default_factory=dict)
     hidden: tuple[int, ...] = (256,)
     dropout: float = 0.2
@@ -138,12 +143,13 @@ class FusionConfig:
 
     @classmethod
     def fit(cls, findings: Iterable[str], features: Mapping[str, np.ndarray], age_years: Iterable[Any] | None = None,
-            groups: Iterable[str] = GROUPS, **kwargs: Any) -> FusionConfig:
+            groups: Iterable[str] = DEFAULT_GROUPS, **kwargs: Any) -> FusionConfig:
         """A config whose dims and normalisation come from the training set's features and ages.
 
         Args:
             findings: the findings to predict.
-            features: ``{"yolo": (N, d), "cnn": (N, d)}`` training features for the standardised groups used.
+            features: ``{"yolo": (N, d), "cnn": (N, d), "lungs": (N, d)}`` training features of the
+                standardised groups used.
             age_years: training ages (None/NaN for unknown); the defaults are kept where none is known.
             groups: the feature groups to use.
             **kwargs: other :class:`FusionConfig` fields (hidden, dropout, layer_norm).
@@ -303,13 +309,14 @@ def encode_demographics(age_years: Iterable[Any], sex: Iterable[Any], age_mean: 
 
 
 def assemble_inputs(config: FusionConfig, *, yolo: np.ndarray | torch.Tensor | None = None,
-                    cnn: np.ndarray | torch.Tensor | None = None, age_years: Iterable[Any] | None = None,
+                    cnn: np.ndarray | torch.Tensor | None = None, lungs: np.ndarray | torch.Tensor | None = None,
+                    age_years: Iterable[Any] | None = None,
                     sex: Iterable[Any] | None = None) -> dict[str, torch.Tensor]:
     """The ``forward`` input of a head with ``config``: features as tensors, demographics encoded.
 
     Only the groups the config uses are needed (and returned); pass ``[None] * N`` for unknown demographics.
     """
-    given = {"yolo": yolo, "cnn": cnn}
+    given = {"yolo": yolo, "cnn": cnn, "lungs": lungs}
     needs_demo = [g for g in ("age", "sex") if g in config.groups]
     if needs_demo and (age_years is None or sex is None):
         raise ValueError(f"the head uses {', '.join(needs_demo)}: pass age_years and sex (None entries for unknown)")

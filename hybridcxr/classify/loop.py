@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from hybridcxr.classify.fusion import FusionConfig, FusionHead, assemble_inputs
+from hybridcxr.classify.fusion import STANDARDISED, FusionConfig, FusionHead, assemble_inputs
 from hybridcxr.errors import DataWarning
 from hybridcxr.files import atomic_path, read_json_or_none, write_json
 from hybridcxr.report.metrics import labels_array, macro_auroc, names_for
@@ -223,7 +223,7 @@ def _restore_rng(tensors: Mapping[str, Any], meta: Mapping[str, Any], rng: np.ra
 def fit_fusion(train: SplitData, findings: tuple[str, ...], config: Mapping[str, Any]) -> FusionConfig:
     """The fusion head's shape for ``config``, with its input standardisation fitted on the training split."""
     groups = tuple(config["groups"])
-    return FusionConfig.fit(findings, {g: train.features[g] for g in groups if g in ("yolo", "cnn")},
+    return FusionConfig.fit(findings, {g: train.features[g] for g in groups if g in STANDARDISED},
                             age_years=train.age_years, groups=groups, hidden=tuple(config["hidden"]),
                             dropout=config["dropout"], layer_norm=config["layer_norm"])
 

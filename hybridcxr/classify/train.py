@@ -149,13 +149,34 @@ def open_models(detector_weights: str | Path, config: Mapping[str, Any], backbon
     return detector, backbone
 
 
-def cache_features(prepared: Path, detector, backbone, folder: Path, progress: bool = True):
-    """Cache the features of every prepared image (its cached PNG: decoded once, at prepare time)."""
+def cache_features(prepared: Path, detector, backbone, folder: Path, progress: bool = True, lungs=None):
+    """Cache the features of every prepared image (its cached PNG: decoded once, at prepare time); with
+    ``lungs`` (a :class:`~hybridcxr.classify.cache.LungSide`) the lung group too, and the crop if asked."""
     from hybridcxr.classify.cache import build_cache
 
     manifest = read_manifest(prepared)
     paths = [Path(prepared) / p for p in manifest["image"]]
-    return build_cache(folder, paths, manifest["image_id"].tolist(), detector, backbone, progress=progress)
+    return build_cache(folder, paths, manifest["image_id"].tolist(), detector, backbone, progress=progress,
+                       lungs=lungs)
+
+
+def open_lungs(config: ClassifierConfig, layout: ClassifierLayout, device: str | None = None):
+    """The run's lung side: the lung model of ``config.lungs`` copied into ``RUN/lungs`` (once) and loaded;
+    None when the run uses none."""
+    from hybridcxr.classify.cache import LungSide
+    from hybridcxr.lungs.card import WEIGHTS, card_path
+
+    if config.lungs is None:
+        return None
+    source = card_path(config.lungs)
+    layout.lungs.mkdir(parents=True, exist_ok=True)
+    for src in (source, source.with_name(WEIGHTS)):
+        if not (layout.lungs / src.name).is_file():
+            if not src.is_file():
+                raise InputError(src, "missing: lungs= must name a run of `hybridcxr train lungs`")
+            shutil.copyfile(src, layout.lungs / src.name)
+    return LungSide.load(layout.lungs, crop=config.crop == "lungs", margin=config.crop_margin,
+                         device=device or choose_device(config.device))
 
 
 def train_classifier(data: str | Path, detector_weights: str | Path, out: str | Path,
@@ -176,11 +197,12 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
     if not backbone_file.is_file():  # the run keeps the exact CNN its features came from
         backbone.save(backbone_file)
     _copy_detector(detector_weights, layout.detector)
+    lungs = open_lungs(config, layout)
     end_to_end = config["end_to_end"]
     # End to end, the CNN changes: its frozen-start features live apart from RUN/features, which always holds
     # the features of the run's final models (what `evaluate classifier` reads).
     frozen = layout.checkpoint / "features-start" if end_to_end else layout.features
-    cache = cache_features(prepared, detector, backbone, Path(config["cache"] or frozen), progress)
+    cache = cache_features(prepared, detector, backbone, Path(config["cache"] or frozen), progress, lungs)
     train = load_split_data(prepared, cache, findings, "train")
     val = load_split_data(prepared, cache, findings, "val")
     if end_to_end:
@@ -197,7 +219,7 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
         # such a run was made by another CNN and is dropped.
         backbone.save(layout.checkpoint / "backbone-tuned.safetensors")
         shutil.rmtree(layout.features, ignore_errors=True)
-        cache = cache_features(prepared, detector, backbone, layout.features, progress)
+        cache = cache_features(prepared, detector, backbone, layout.features, progress, lungs)
         val = load_split_data(prepared, cache, findings, "val")
     else:
         result = train_head(train, val, findings, config, checkpoint=layout.checkpoint)
@@ -210,6 +232,7 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
 
     plot_classifier_history(result.history, layout.curves)
     card = _card(config, result, thresholds, backbone, detector, prepared)
+    card["lungs"] = None if lungs is None else lungs.card()
     if end_to_end:
         os.replace(layout.checkpoint / "backbone-tuned.safetensors", backbone_file)
     save_checkpoint(layout.model, result.head, card=card)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -140,6 +141,7 @@ class _Rendered:
     photometric: str
     boxes: list[_Box]
     window: tuple[float, float]
+    lungs: np.ndarray  # bool: the true lung fields (heart and mediastinum excluded, fluid included)
 
 
 # ----------------------------------------------------------------------------------------------- planning
@@ -561,8 +563,8 @@ def _add_lung_lesions(rng: np.random.Generator, a: np.ndarray, an: _Anatomy, m: 
     return boxes
 
 
-def _draw(rng: np.random.Generator, h: int, w: int, plan: _Plan) -> tuple[np.ndarray, list[_Box]]:
-    """Attenuation image (0 = air, ~1 = bone) of one phantom and its true boxes.
+def _draw(rng: np.random.Generator, h: int, w: int, plan: _Plan) -> tuple[np.ndarray, list[_Box], np.ndarray]:
+    """Attenuation image (0 = air, ~1 = bone) of one phantom, its true boxes and its true lung fields.
 
     The order of the steps is the order of the random draws, which the seed's outputs depend on.
     """
@@ -578,7 +580,13 @@ def _draw(rng: np.random.Generator, h: int, w: int, plan: _Plan) -> tuple[np.nda
         boxes += _cardiomegaly_box(an, m)
     a, lung = _attenuation(rng, an, m, h, w, plan.patient.sex)
     boxes += _add_lung_lesions(rng, a, an, m, lung, findings, w)
-    return a, boxes
+    return a, boxes, lung_fields(m)
+
+
+def lung_fields(m: _Masks) -> np.ndarray:
+    """The true lung mask of a phantom: both lung fields where the heart and mediastinum do not cover them,
+    pleural fluid included (as the JSRT, Montgomery and Shenzhen masks are drawn)."""
+    return ((m.raw[-1] + m.raw[1]) * m.behind) > 0.5
 
 
 def _bones(rng: np.random.Generator, an: _Anatomy) -> np.ndarray:
@@ -615,7 +623,7 @@ def _render(plan: _Plan, seed: int, size: tuple[int, int] | None) -> _Rendered:
         w = int(np.clip(round(h * rng.uniform(0.8, 0.98)), 560, 800))
     else:
         h, w = size
-    a, boxes = _draw(rng, h, w, plan)
+    a, boxes, lungs = _draw(rng, h, w, plan)
     gx, gy = rng.normal(0, 0.03, 2)
     yy, xx = np.ogrid[0:h, 0:w]
     a = a * (1 + gx * (xx / w - 0.5) + gy * (yy / h - 0.5)) + 0.012 * _noise(rng, (h, w), 0.2 * w)
@@ -632,7 +640,7 @@ def _render(plan: _Plan, seed: int, size: tuple[int, int] | None) -> _Rendered:
         photometric = "MONOCHROME1"
         pixels = (_MAX_VALUE - pixels).astype(np.uint16)
         centre = _MAX_VALUE - centre
-    return _Rendered(pixels, photometric, boxes, (round(float(centre)), round(float(width))))
+    return _Rendered(pixels, photometric, boxes, (round(float(centre)), round(float(width))), lungs)
 
 
 # ----------------------------------------------------------------------------------------------- readers
@@ -798,16 +806,41 @@ def _readme(n: int, seed: int, n_train: int, n_test: int, size: tuple[int, int] 
 _Result = tuple[_Plan, set[str], list[dict], list[dict]]
 
 
-def _make_one(job: tuple[_Plan, int, tuple[int, int] | None, str]) -> _Result:
-    """Draw and write one phantom; return its plan, true findings, annotation rows and image-label rows."""
-    plan, seed, size, root = job
+def _make_one(job: tuple[_Plan, int, tuple[int, int] | None, str, bool]) -> _Result:
+    """Draw and write one phantom (and, when asked, its lung mask); return its plan, true findings,
+    annotation rows and image-label rows."""
+    plan, seed, size, root, masks = job
     rendered = _render(plan, seed, size)
     rows, label_rows = _reader_rows(plan, seed, rendered.boxes, rendered.stored.shape)
     ds = _dataset(plan, rendered, seed)
     path = Path(root) / plan.split / f"{plan.image_id}.dicom"
     with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
+    if masks and plan.split == "train":
+        _write_lung_pair(Path(root) / LUNG_DIR, path, rendered.lungs)
     return plan, {b.finding for b in rendered.boxes}, rows, label_rows
+
+
+LUNG_DIR = "lungs"
+"""Where ``lung_masks=True`` puts a mask dataset of the training phantoms (``hybridcxr train lungs --data``)."""
+
+
+def _write_lung_pair(folder: Path, image: Path, mask: np.ndarray) -> None:
+    """``images/ID.dicom`` (a hard link to the phantom, a copy where links fail) and ``masks/ID.png`` (0/255)."""
+    import shutil
+
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    link = folder / "images" / image.name
+    link.unlink(missing_ok=True)
+    try:
+        os.link(image, link)
+    except OSError:
+        shutil.copyfile(image, link)
+    with atomic_path(folder / "masks" / f"{image.stem}.png") as tmp:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
 
 
 def _results(jobs: list, workers: int, progress: bool) -> Iterator[_Result]:
@@ -839,6 +872,7 @@ def make_phantom_dataset(
     size: tuple[int, int] | None = None,
     progress: bool = False,
     workers: int = 1,
+    lung_masks: bool = False,
 ) -> PhantomSummary:
     """Write ``n`` synthetic chest radiographs and their VinDr-style tables under ``out``.
 
@@ -850,6 +884,8 @@ def make_phantom_dataset(
         size: ``(rows, columns)`` of every image; by default each image draws its own portrait size.
         progress: show a progress bar on stderr.
         workers: processes drawing images (about 0.13 s per default-size image each).
+        lung_masks: also write the training phantoms' true lung fields as a mask dataset under ``out/lungs``
+            (``images/``, ``masks/``, ``patients.csv``), for ``hybridcxr train lungs``.
 
     Returns:
         A :class:`PhantomSummary` of what was written.
@@ -866,13 +902,22 @@ def make_phantom_dataset(
     annotations: dict[str, list[dict]] = {"train": [], "test": []}
     labels: dict[str, list[dict]] = {"train": [], "test": []}
     positives = dict.fromkeys(PHANTOM_FINDINGS, 0)
-    jobs = [(plan, seed, size, str(root)) for plan in plans]
+    jobs = [(plan, seed, size, str(root), lung_masks) for plan in plans]
     for plan, findings, rows, label_rows in _results(jobs, max(1, min(workers, n)), progress):
         for finding in findings:
             positives[finding] += 1
         annotations[plan.split] += rows
         labels[plan.split] += label_rows
     _remove_stale(root, {(p.split, p.image_id) for p in plans})
+    if lung_masks:
+        train = [p for p in plans if p.split == "train"]
+        keep = {p.image_id for p in train}
+        for old in [*(root / LUNG_DIR / "images").glob("*"), *(root / LUNG_DIR / "masks").glob("*")]:
+            if old.stem not in keep:
+                old.unlink()
+        _write_csv(pd.DataFrame({"image_id": [p.image_id for p in train],
+                                 "patient_id": [p.patient.patient_id for p in train]}),
+                   root / LUNG_DIR / "patients.csv")
     boxes = 0
     for split, columns in (("train", IMAGE_LABEL_COLUMNS), ("test", IMAGE_LABEL_COLUMNS_TEST)):
         ann = pd.DataFrame(annotations[split], columns=list(ANNOTATION_COLUMNS))

@@ -26,7 +26,7 @@ def tune_fusion(data: str | Path, detector: str | Path, out_dir: str | Path, *, 
     """
     from functools import partial
 
-    from hybridcxr.classify.train import cache_features, open_models
+    from hybridcxr.classify.train import cache_features, open_lungs, open_models
 
     prepared, out = Path(data), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -36,9 +36,12 @@ def tune_fusion(data: str | Path, detector: str | Path, out_dir: str | Path, *, 
     det, backbone = open_models(detector, config, backbone_file)
     if not backbone_file.is_file():
         backbone.save(backbone_file)
-    cache_features(prepared, det, backbone, layout.features, progress)
-    del det, backbone
+    lungs = open_lungs(config, layout)  # the lung model, copied into the tune run like the CNN
+    cache_features(prepared, det, backbone, layout.features, progress, lungs)
+    del det, backbone, lungs
     base = {**config, "backbone_weights": str(backbone_file.resolve()), "cache": str(layout.features.resolve())}
+    if config.lungs is not None:
+        base["lungs"] = str(layout.lungs.resolve())
     study = run_tune(partial(load_tune_data, prepared, layout.features), out, trials=trials, storage=storage,
                      study_name=study_name, workers=workers, base_config=base)
     best = export_best(study, out, base)

@@ -20,9 +20,9 @@ from hybridcxr.errors import InputError
 PRINTS = {"detector": "d" * 16, "backbone": "b" * 16}
 
 
-def _vectors(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _vectors(n: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 6)), rng.normal(size=(n, 4)).astype(np.float32)
+    return {"yolo": rng.normal(size=(n, 6)), "cnn": rng.normal(size=(n, 4)).astype(np.float32)}
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +45,10 @@ def test_feature_cache_holds_every_image_and_refuses_other_models(classifier):
 
 def test_vectors_round_trip_across_chunks_in_the_order_asked(tmp_path):
     cache = FeatureCache(tmp_path / "features", PRINTS)
-    yolo_a, cnn_a = _vectors(3, 0)
-    yolo_b, cnn_b = _vectors(2, 1)
-    cache.add(["a0", "a1", "a2"], yolo_a, cnn_a)
-    cache.add(["b0", "b1"], yolo_b, cnn_b)
+    yolo_a, cnn_a = _vectors(3, 0).values()
+    yolo_b, cnn_b = _vectors(2, 1).values()
+    cache.add(["a0", "a1", "a2"], {"yolo": yolo_a, "cnn": cnn_a})
+    cache.add(["b0", "b1"], {"yolo": yolo_b, "cnn": cnn_b})
     assert sorted(p.name for p in (tmp_path / "features").glob("chunk_*")) == ["chunk_00000.safetensors",
                                                                              "chunk_00001.safetensors"]
     reopened = FeatureCache(tmp_path / "features", PRINTS)
@@ -64,9 +64,9 @@ def test_vectors_round_trip_across_chunks_in_the_order_asked(tmp_path):
 def test_an_image_cached_again_reads_its_newest_vectors(tmp_path):
     cache = FeatureCache(tmp_path, PRINTS)
     old, new = _vectors(1, 0), _vectors(1, 1)
-    cache.add(["x"], *old)
-    cache.add(["x"], *new)
-    np.testing.assert_array_equal(cache.load(["x"])["cnn"], new[1])
+    cache.add(["x"], old)
+    cache.add(["x"], new)
+    np.testing.assert_array_equal(cache.load(["x"])["cnn"], new["cnn"])
 
 
 @pytest.mark.parametrize(("changed", "message"), [
@@ -75,7 +75,7 @@ def test_an_image_cached_again_reads_its_newest_vectors(tmp_path):
     ({"detector": "0" * 16, "backbone": "0" * 16}, "made by another detector and backbone;"),
 ])
 def test_a_cache_of_other_models_is_refused_naming_what_differs(tmp_path, changed, message):
-    FeatureCache(tmp_path, PRINTS).add(["a"], *_vectors(1, 0))
+    FeatureCache(tmp_path, PRINTS).add(["a"], _vectors(1, 0))
     with pytest.raises(StaleCacheError, match=message) as err:
         FeatureCache(tmp_path, {**PRINTS, **changed})
     assert isinstance(err.value, InputError) and err.value.path == str(tmp_path)
@@ -85,20 +85,20 @@ def test_a_cache_of_other_models_is_refused_naming_what_differs(tmp_path, change
 
 def test_images_not_cached_are_an_input_error(tmp_path):
     cache = FeatureCache(tmp_path, PRINTS)
-    cache.add(["a"], *_vectors(1, 0))
+    cache.add(["a"], _vectors(1, 0))
     with pytest.raises(InputError, match="1 images are not in the feature cache, e.g. missing"):
         cache.load(["a", "missing"])
 
 
 def test_rows_of_a_chunk_lost_to_a_kill_are_dropped_so_they_are_redone(tmp_path):
     cache = FeatureCache(tmp_path, PRINTS)
-    cache.add(["a", "b"], *_vectors(2, 0))
-    cache.add(["c"], *_vectors(1, 1))
+    cache.add(["a", "b"], _vectors(2, 0))
+    cache.add(["c"], _vectors(1, 1))
     (tmp_path / "chunk_00001.safetensors").unlink()
     reopened = FeatureCache(tmp_path, PRINTS)
     assert reopened.ids == {"a", "b"}
-    reopened.add(["c"], *_vectors(1, 2))
-    np.testing.assert_array_equal(reopened.load(["c"])["cnn"], _vectors(1, 2)[1])
+    reopened.add(["c"], _vectors(1, 2))
+    np.testing.assert_array_equal(reopened.load(["c"])["cnn"], _vectors(1, 2)["cnn"])
 
 
 def test_detector_fingerprint_follows_its_tensors_and_image_size():
@@ -112,3 +112,19 @@ def test_detector_fingerprint_follows_its_tensors_and_image_size():
     with torch.no_grad():
         model.bias[0] += 1e-3
     assert detector_fingerprint(detector) != first
+
+
+def test_a_chunk_must_hold_every_group_of_the_cache(tmp_path):
+    lungs = FeatureCache(tmp_path / "lungs", {**PRINTS, "lungs": "l" * 16, "crop": "none"})
+    assert lungs.groups == ("yolo", "cnn", "lungs")
+    with pytest.raises(ValueError, match="holds yolo, cnn, lungs"):
+        lungs.add(["a"], _vectors(1, 0))
+    lungs.add(["a"], {**_vectors(1, 0), "lungs": np.ones((1, 3))})
+    assert lungs.load(["a"])["lungs"].tolist() == [[1.0, 1.0, 1.0]]
+    assert FeatureCache(tmp_path / "plain", PRINTS).groups == ("yolo", "cnn")
+
+
+def test_a_cache_made_with_another_crop_is_refused(tmp_path):
+    FeatureCache(tmp_path, {**PRINTS, "lungs": "l" * 16, "crop": "none"})
+    with pytest.raises(StaleCacheError, match="another crop"):
+        FeatureCache(tmp_path, {**PRINTS, "lungs": "l" * 16, "crop": "lungs+0.05"})

@@ -42,13 +42,14 @@ def batch() -> dict[str, object]:
     return {
         "yolo": (rng.normal(5.0, 3.0, (N, 16))).astype(np.float32),
         "cnn": rng.normal(0.0, 0.5, (N, 8)).astype(np.float32),
+        "lungs": np.c_[rng.uniform(0.1, 0.3, (N, 5)), rng.integers(0, 2, (N, 1))].astype(np.float32),
         "age_years": ages,
         "sex": ["M", "F", None, "F", "M", "O", "F", "M", "f", None, "M", "F"],
     }
 
 
 def _head(batch: dict[str, object], groups: tuple[str, ...], **kwargs: object) -> FusionHead:
-    config = FusionConfig.fit(FINDINGS, {"yolo": batch["yolo"], "cnn": batch["cnn"]},  # type: ignore[dict-item]
+    config = FusionConfig.fit(FINDINGS, {g: batch[g] for g in ("yolo", "cnn", "lungs")},  # type: ignore[misc]
                               age_years=batch["age_years"], groups=groups, **kwargs)  # type: ignore[arg-type]
     torch.manual_seed(len(groups))
     return FusionHead(config).eval()
@@ -56,6 +57,7 @@ def _head(batch: dict[str, object], groups: tuple[str, ...], **kwargs: object) -
 
 def _inputs(head: FusionHead, batch: dict[str, object]) -> dict[str, torch.Tensor]:
     return assemble_inputs(head.config, yolo=batch.get("yolo"), cnn=batch.get("cnn"),  # type: ignore[arg-type]
+                           lungs=batch.get("lungs"),  # type: ignore[arg-type]
                            age_years=batch["age_years"], sex=batch["sex"])  # type: ignore[arg-type]
 
 
@@ -146,6 +148,7 @@ def test_forward_standardises_concatenates_and_ignores_unused_groups(batch: dict
     expected_input = torch.cat([
         (inputs["yolo"] - torch.tensor(c.feature_mean["yolo"])) / torch.tensor(c.feature_std["yolo"]),
         (inputs["cnn"] - torch.tensor(c.feature_mean["cnn"])) / torch.tensor(c.feature_std["cnn"]),
+        (inputs["lungs"] - torch.tensor(c.feature_mean["lungs"])) / torch.tensor(c.feature_std["lungs"]),
         inputs["age"], inputs["sex"]], dim=1).float()
     assert torch.allclose(logits, head.mlp(expected_input), atol=1e-6)
     assert sum(isinstance(m, torch.nn.LayerNorm) for m in head.mlp) == 2
