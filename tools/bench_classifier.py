@@ -1,11 +1,16 @@
 """Benchmark the fusion classifier: real NIH data end to end, phantom accuracy, and `classify` speed.
 
     python tools/bench_classifier.py [--out runs/bench_classifier] [--det-epochs 10] [--skip-nih]
+                                     [--lungs-model runs/bench_lungs] [--only-lungs]
 
 1. NIH (../shared/data/nih, 477 real images, patient-grouped split): prepare, train the detector on the
    boxed images (NIH + ChestX-Det10 boxes, fused), train the classifier, evaluate it on the test split with
    the ablation table. Everything is trained from scratch on the CPU (no pretrained weights exist offline):
    the numbers show the pipeline on real files, not what a pretrained model reaches.
+1b. Lung fields on NIH (issue 12): with the same prepared data and detector, three more classifier runs that
+   add the lung segmenter of tools/bench_lungs.py (trained on ../shared/data/lung-masks; made if absent): the
+   ``lungs`` feature group, the CNN on the lung-field crop, and both. Each is scored on the same test split;
+   the table gives test AUROC per finding for the four variants, and the macro mean.
 2. Phantoms: the classifier on the phantoms of tools/bench_detector.py (its prepared folder and detector, made
    if absent): validation macro AUROC, which should be at least 0.9 where findings are visible.
 3. Speed: images/s of `hybridcxr classify` (one decode per image, detector + CNN + head, batched) against a
@@ -69,6 +74,54 @@ def nih(args: argparse.Namespace) -> Path:
     return cls
 
 
+LUNG_VARIANTS: dict[str, list[str]] = {
+    "baseline (no lungs)": [],
+    "+ lungs group": ["lungs={lungs}"],
+    "+ lung crop": ["lungs={lungs}", "crop=lungs", "groups=[yolo,cnn,age,sex]"],
+    "+ lungs group + crop": ["lungs={lungs}", "crop=lungs"],
+}
+
+
+def _variant_run(out: Path, name: str, baseline: Path) -> Path:
+    """The classifier run of one lung variant (the baseline is run_nih's own classifier)."""
+    if not LUNG_VARIANTS[name]:
+        return baseline
+    return out / ("nih-classifier-" + name.strip("+ ").replace(" + ", "-").replace(" ", "-"))
+
+
+def lung_variants(args: argparse.Namespace) -> None:
+    """Test AUROC per finding on NIH with and without the lung group and the lung crop (one table)."""
+    import pandas as pd
+
+    out = Path(args.out)
+    prepared, det, baseline, _ = run_nih(out, args.det_epochs)
+    lungs = Path(args.lungs_model)
+    if not (lungs / "lungs.json").is_file():
+        run([sys.executable, str(REPO / "tools" / "bench_lungs.py"), "--out", str(lungs)])
+    columns = {}
+    for name, overrides in LUNG_VARIANTS.items():
+        cls = _variant_run(out, name, baseline)
+        if not (cls / "model" / "card.json").is_file():
+            run([sys.executable, "-m", "hybridcxr.cli", "train", "classifier", "--data", str(prepared), "--detector",
+                 str(det), "--out", str(cls), "--no-progress", *(o.format(lungs=lungs) for o in overrides)])
+        report = out / f"{cls.name}-report-test"
+        if not (report / "per_finding.csv").is_file():
+            run([sys.executable, "-m", "hybridcxr.cli", "evaluate", "classifier", "--model", str(cls), "--data",
+                 str(prepared), "--split", "test", "--out", str(report), "--no-ablation", "--no-progress"])
+        table = pd.read_csv(report / "per_finding.csv").set_index("finding")
+        columns[name] = table["auroc"]
+        n_pos = table["n_pos"]
+    frame = pd.DataFrame(columns)
+    frame.loc["macro mean"] = frame.mean(skipna=True)
+    frame.insert(0, "test positives", list(n_pos) + [int(n_pos.sum())])
+    print(f"\nNIH test split ({int(len(frame) - 1)} findings), test AUROC per finding, lung model {lungs}:")
+    print(frame.round(3).to_markdown())
+    for name in LUNG_VARIANTS:
+        card = json.loads((_variant_run(out, name, baseline) / "model" / "card.json").read_text())
+        print(f"RESULT {name}: test macro AUROC {frame.at['macro mean', name]:.3f}, Cardiomegaly "
+              f"{frame.at['Cardiomegaly', name]:.3f}, val macro AUROC {card['val_macro_auroc']:.3f}")
+
+
 def phantoms(args: argparse.Namespace) -> Path:
     """Classifier on the detector benchmark's phantoms; prints validation macro AUROC."""
     from hybridcxr.classify.train import classifier_config, train_classifier
@@ -117,10 +170,17 @@ def main() -> None:
     parser.add_argument("--detector-pt", default=None, help="ultralytics .pt for the baseline [the NIH detector's]")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-nih", action="store_true")
+    parser.add_argument("--lungs-model", default="runs/bench_lungs", help="a lung run (tools/bench_lungs.py's --out)")
+    parser.add_argument("--only-lungs", action="store_true", help="only the NIH lung-field table (1b)")
     args = parser.parse_args()
     if not NIH.is_dir():
         sys.exit(f"real samples not found at {NIH}")
+    if args.only_lungs:
+        lung_variants(args)
+        return
     cls = None if args.skip_nih else nih(args)
+    if not args.skip_nih:
+        lung_variants(args)
     phantoms(args)
     if cls is not None:
         speed(cls, args)

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "lung-masks")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_lungs")
     parser.add_argument("--holdout", type=float, default=0.15, help="share of images held out (whole patients)")
+    parser.add_argument("--nih", action="store_true", help="also score each lung measure against the NIH labels")
     parser.add_argument("overrides", nargs="*", help="key=value settings of configs/lungs.yaml")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
@@ -75,7 +76,41 @@ def main(argv: list[str] | None = None) -> int:
           f"cores ({t['device']}); load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     target = dice.mean() >= 0.93 and t["seconds"] <= 900
     print(f"RESULT {'PASS' if target else 'MISS'} (targets: mean Dice >= 0.93, training <= 15 min)")
+    if args.nih:
+        nih_measures(segmenter, args.out)
     return 0
+
+
+NIH = REPO.parent / "shared" / "data" / "nih"
+MEASURES = ("ctr_estimate", "ctr_profile", "left_right_area_ratio", "right_lower_mean", "left_lower_mean")
+FINDINGS = ("Cardiomegaly", "Effusion", "Emphysema", "Atelectasis")
+
+
+def nih_measures(segmenter: Segmenter, out: Path) -> None:
+    """AUROC of each lung measure, alone and untrained, for NIH findings, on every NIH image whose lungs pass
+    the quality flag (the images are those of ../shared/data/nih; per-image values stay in ``out``)."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    labels = pd.read_csv(NIH / "nih_labels.csv").set_index("Image Index")["Finding Labels"]
+    paths = sorted((NIH / "images").glob("*.png")) + sorted((NIH / "images-512").glob("*.png"))
+    rows = []
+    for radiograph, mask in segmenter.predict_paths(paths):
+        m = measure_lungs(mask, radiograph.pixels, min_area=segmenter.config.min_area,
+                          min_lung_share=segmenter.config.min_lung_share)
+        rows.append({"image": radiograph.image_id + ".png", "ok": m.ok, **{k: m.values.get(k) for k in MEASURES}})
+    table = pd.DataFrame(rows).set_index("image")
+    table.to_csv(out / "nih_measures.csv")
+    ok = table[table["ok"]]
+    print(f"\nNIH: {len(table)} images, {len(ok)} pass the quality flag; AUROC of each measure alone (higher "
+          "value = finding), missing values at the median:")
+    print("| measure | " + " | ".join(f"{f} ({labels.loc[ok.index].str.contains(f).sum()} pos)" for f in FINDINGS)
+          + " |")
+    print("|---|" + "---|" * len(FINDINGS))
+    for measure in MEASURES:
+        x = ok[measure].astype(float).fillna(ok[measure].astype(float).median())
+        cells = [f"{roc_auc_score(labels.loc[ok.index].str.contains(f), x):.3f}" for f in FINDINGS]
+        print(f"| {measure} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ LUNG_FEATURES: tuple[str, ...] = (
     tuple(f"{s}_{m}" for s in SIDES for m in ("area_frac", "height_frac", "width_frac"))
     + ("left_right_area_ratio",)
     + tuple(f"{s}_{m}" for s in SIDES for m in ("mean", "std", "lower_mean", "lower_std"))
-    + ("ctr_estimate", "thorax_width_frac", "box_x_min", "box_y_min", "box_x_max", "box_y_max",
+    + ("ctr_estimate", "ctr_profile", "thorax_width_frac", "box_x_min", "box_y_min", "box_x_max", "box_y_max",
        "lung_box_area_frac", "missing")
 )
 LUNG_DIM = len(LUNG_FEATURES)
@@ -54,6 +54,7 @@ def lung_vector(measures: LungMeasures, shape: tuple[int, int]) -> np.ndarray:
         values |= {f"{s}_{m}": v.get(f"{s}_{m}", 0.0) for m in ("mean", "std", "lower_mean", "lower_std")}
     x0, y0, x1, y1 = (v.get(k, 0.0) for k in ("box_x_min", "box_y_min", "box_x_max", "box_y_max"))
     values |= {"left_right_area_ratio": v.get("left_right_area_ratio", 0.0), "ctr_estimate": v.get("ctr_estimate", 0.0),
+               "ctr_profile": v.get("ctr_profile", 0.0),
                "thorax_width_frac": v.get("thorax_width_px", 0.0) / w,
                "box_x_min": x0 / w, "box_y_min": y0 / h, "box_x_max": (x1 + 1) / w, "box_y_max": (y1 + 1) / h,
                "lung_box_area_frac": (x1 - x0 + 1) * (y1 - y0 + 1) / (h * w)}

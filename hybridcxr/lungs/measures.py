@@ -19,6 +19,15 @@ hand-drawn masks the estimate is 0.22 for the median image, 0.48 at the 90th per
 tips' rows too made it read large instead (median 0.59, 39% of images above 0.7). Masks that exclude the
 heart (Montgomery, Shenzhen, JSRT/SCR) or the heart's borders found from the image are what a real CTR needs.
 
+**Profile CTR** (:func:`ctr_profile`, ``ctr_profile``): the heart's borders found from the image. On each row
+of the lungs' lower half where both lungs are present, the grey profile between the lungs' outer edges is
+split at halfway between aerated lung (the outer half of each lung on that row) and the mediastinum (the
+middle tenth); the dense span around the middle is the heart's shadow, and its width at the 90th percentile
+of rows over the thorax is the estimate. It works whether or not the masks include the lung behind the heart.
+With the segmenter of ``tools/bench_lungs.py`` on the 470 NIH images whose lungs pass the quality flag (41
+with Cardiomegaly), its AUROC for Cardiomegaly is 0.696, against 0.477 for the mask-gap estimate (both
+parameters were fixed before looking at NIH labels; ``tools/bench_lungs.py --nih`` prints the table).
+
 **Quality flag.** ``"ok"``, or why the lungs found are implausible: a tiny total area, one lung missing (the
 smaller holds too little of the two), an implausible shape (a lung wider than tall or far from lung-like, lungs
 not side by side), or a view that is not frontal. Outputs then say so and give no measurements.
@@ -47,7 +56,7 @@ COLUMNS = (
     + [f"{s}_{m}" for s in SIDES for m in ("height_px", "width_px", "height_mm", "width_mm")]
     + ["left_right_area_ratio"]
     + [f"{s}_{m}" for s in SIDES for m in ("mean", "std", "lower_mean", "lower_std")]
-    + ["ctr_estimate", "heart_width_px", "thorax_width_px", "ctr_row"]
+    + ["ctr_estimate", "heart_width_px", "thorax_width_px", "ctr_row", "ctr_profile", "heart_width_profile_px"]
 )
 
 
@@ -117,13 +126,7 @@ def ctr_estimate(right: np.ndarray, left: np.ndarray) -> dict[str, float | int] 
     (4, 16)
     """
     right, left = np.asarray(right, bool), np.asarray(left, bool)
-    width_r, width_l = right.sum(axis=1), left.sum(axis=1)
-    if not width_r.any() or not width_l.any():
-        return None
-    rows = np.flatnonzero((width_r > 0) | (width_l > 0))
-    lower = np.arange(right.shape[0]) >= (rows[0] + rows[-1]) / 2
-    wide = (width_r >= max(1, MIN_ROW_SHARE * width_r.max())) & (width_l >= max(1, MIN_ROW_SHARE * width_l.max()))
-    both = np.flatnonzero(wide & lower)
+    both = _both_lung_rows(right, left)
     if not len(both):
         return None
     width = right.shape[1]
@@ -134,6 +137,64 @@ def ctr_estimate(right: np.ndarray, left: np.ndarray) -> dict[str, float | int] 
     outer = int(np.flatnonzero(left.any(axis=0))[-1] - np.flatnonzero(right.any(axis=0))[0] + 1)
     return {"ctr_estimate": round(float(gaps[widest]) / outer, 4), "heart_width_px": int(gaps[widest]),
             "thorax_width_px": outer, "ctr_row": int(both[widest])}
+
+
+def _both_lung_rows(right: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """Rows of the lower half of the lungs' extent where both lungs are at least :data:`MIN_ROW_SHARE` of their
+    widest row wide (no costophrenic tips, no row where one lung has ended)."""
+    width_r, width_l = right.sum(axis=1), left.sum(axis=1)
+    if not width_r.any() or not width_l.any():
+        return np.zeros(0, dtype=int)
+    rows = np.flatnonzero((width_r > 0) | (width_l > 0))
+    lower = np.arange(right.shape[0]) >= (rows[0] + rows[-1]) / 2
+    wide = (width_r >= max(1, MIN_ROW_SHARE * width_r.max())) & (width_l >= max(1, MIN_ROW_SHARE * width_l.max()))
+    return np.flatnonzero(wide & lower)
+
+
+#: The heart's width in the profile estimate: this quantile of the rows' dense-span widths (the widest
+#: row alone is noise).
+PROFILE_QUANTILE = 0.9
+
+
+def ctr_profile(right: np.ndarray, left: np.ndarray, pixels: np.ndarray) -> dict[str, float | int] | None:
+    """A cardiothoracic ratio estimate from the image's intensity between the lungs' outer edges, for masks
+    that include the lung behind the heart (the V7 Labs masks) as well as masks that stop at its border.
+
+    On each row of the lungs' lower half (where both lungs are present), the grey profile from the right lung's
+    outer edge to the left lung's is smoothed; aerated lung is the median of the outer half of each lung on that
+    row, the mediastinum the median of the middle tenth; the heart's shadow is the span around the middle that
+    stays denser than halfway between the two. Its width at the :data:`PROFILE_QUANTILE` of rows, over the
+    lungs' widest outer extent, is ``ctr_profile``. An estimate, not a heart segmentation.
+    """
+    from scipy import ndimage
+
+    right, left = np.asarray(right, bool), np.asarray(left, bool)
+    rows = _both_lung_rows(right, left)
+    if not len(rows):
+        return None
+    x0 = int(np.flatnonzero(right.any(axis=0))[0])
+    x1 = int(np.flatnonzero(left.any(axis=0))[-1])
+    outer = x1 - x0 + 1
+    profile = ndimage.uniform_filter1d(pixels[rows, x0:x1 + 1].astype(np.float32), max(3, outer // 50), axis=1)
+    middle = outer // 2
+    band = max(1, outer // 20)
+    widths = []
+    for k, row in enumerate(rows):
+        r_cols = np.flatnonzero(right[row, x0:x1 + 1])
+        l_cols = np.flatnonzero(left[row, x0:x1 + 1])
+        aerated = np.median(np.r_[profile[k, r_cols[: max(1, len(r_cols) // 2)]],
+                                  profile[k, l_cols[len(l_cols) // 2:]]])
+        dense = np.median(profile[k, max(0, middle - band):middle + band + 1])
+        if dense <= aerated:
+            continue
+        above = profile[k] > (aerated + dense) / 2
+        a = middle - int(np.argmin(above[middle::-1])) if not above[middle::-1].all() else 0
+        b = middle + int(np.argmin(above[middle:])) if not above[middle:].all() else outer
+        widths.append(b - a)
+    if not widths:
+        return None
+    width = int(round(float(np.quantile(widths, PROFILE_QUANTILE))))
+    return {"ctr_profile": round(width / outer, 4), "heart_width_profile_px": width}
 
 
 def _extent(lung: np.ndarray) -> tuple[int, int, int, int]:
@@ -205,4 +266,6 @@ def measure_lungs(mask: np.ndarray, pixels: np.ndarray | None = None, *,
     if right.any() and left.any():
         values["left_right_area_ratio"] = round(values["left_area_px"] / values["right_area_px"], 4)
     values |= ctr_estimate(right, left) or {}
+    if pixels is not None:
+        values |= ctr_profile(right, left, pixels) or {}
     return LungMeasures(quality, values)

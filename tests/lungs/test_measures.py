@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybridcxr.lungs.measures import COLUMNS, ctr_estimate, measure_lungs, split_lungs
+from hybridcxr.lungs.measures import COLUMNS, ctr_estimate, ctr_profile, measure_lungs, split_lungs
 
 
 def _two_boxes(height=200, width=200, gap=40, short_left=False):
@@ -112,3 +112,30 @@ def test_areas_extents_and_intensities():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in shape"):
         measure_lungs(np.zeros((10, 10), bool), np.zeros((10, 12), np.float32))
+
+
+@pytest.mark.parametrize("heart", [40, 64, 90])
+def test_ctr_profile_finds_a_dense_heart_inside_masks_that_include_it(heart):
+    """Masks drawn over the heart (as the V7 Labs masks are) leave no gap; the profile finds the heart's
+    borders in the image: a dense band of known width across the middle of the lower half."""
+    h, w = 200, 200
+    mask = np.zeros((h, w), bool)
+    mask[20:180, 20:99] = True   # the right lung, reaching the midline
+    mask[20:180, 101:180] = True  # the left lung
+    right, left = split_lungs(mask)
+    pixels = np.full((h, w), 0.2, dtype=np.float32)  # aerated lung
+    x0 = 100 - heart // 2
+    pixels[100:180, x0:x0 + heart] = 0.8  # the heart's shadow, lower half only
+    found = ctr_profile(right, left, pixels)
+    assert found is not None
+    assert abs(found["heart_width_profile_px"] - heart) <= 3
+    assert found["ctr_profile"] == pytest.approx(heart / 160, abs=0.02)
+    assert ctr_estimate(right, left)["ctr_estimate"] < 0.02, "the mask gap misses such a heart entirely"
+    assert measure_lungs(mask, pixels).values["ctr_profile"] == found["ctr_profile"]
+
+
+def test_ctr_profile_is_none_without_rows_holding_both_lungs():
+    mask = np.zeros((50, 50), bool)
+    mask[5:45, 5:20] = True
+    right, left = split_lungs(mask)
+    assert ctr_profile(right, left, np.zeros((50, 50), np.float32)) is None
