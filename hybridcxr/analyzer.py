@@ -25,7 +25,8 @@ class Analysis:
 
     detection: Detection
     probabilities: dict[str, float]
-    decisions: dict[str, bool]
+    decisions: dict[str, bool | None]
+    """Positive at the run's threshold; None for a finding the model never learned (see ``Analyzer.unlearned``)."""
     age_years: float | None
     sex: str | None
     lungs: LungMeasures | None = None
@@ -64,6 +65,11 @@ class Analyzer:
         self.lungs = run_lung_side(layout.lungs, self.card.get("lungs"), device=self.detector.device)
         self.findings: list[str] = list(self.config.findings)
         self.thresholds: dict[str, float] = {f: float(self.card["thresholds"].get(f, 0.5)) for f in self.findings}
+        from hybridcxr.classify.calibration import temperatures_of
+
+        self.temperatures = temperatures_of(self.card.get("calibration"), self.findings)
+        self.unlearned: dict[str, str] = dict(self.card.get("unlearned") or {})
+        """``{finding: reason}``: findings without a positive training image carry no decision."""
 
     def _check_detector(self, folder: Path) -> None:
         """The detector must be the one whose pooled features the head was trained on (cards made before the
@@ -100,12 +106,15 @@ class Analyzer:
                                  age_years=[np.nan if a is None else a for a in ages], sex=sexes)
         import torch
 
+        from hybridcxr.classify.calibration import calibrated
+
         with torch.inference_mode():
-            probs = torch.sigmoid(self.head(inputs)).numpy()
+            probs = calibrated(self.head(inputs).numpy(), self.temperatures)
         out = []
         for d, p, age, sex, m in zip(detections, probs, ages, sexes, measures):
             scores = {f: float(v) for f, v in zip(self.findings, p)}
-            out.append(Analysis(d, scores, {f: scores[f] >= self.thresholds[f] for f in self.findings}, age, sex, m))
+            decisions = {f: None if f in self.unlearned else scores[f] >= self.thresholds[f] for f in self.findings}
+            out.append(Analysis(d, scores, decisions, age, sex, m))
         return out
 
     def analyze_paths(self, paths: Sequence[Path], *, demographics: Mapping[str, tuple[float | None, str | None]] | None = None,

@@ -232,6 +232,10 @@ def classify(
         if heatmap and "cnn" not in analyzer.config.groups:
             raise typer.BadParameter(f"{model}: this classifier does not use the CNN: no Grad-CAM heatmap")
         boxes = read_truth(truth, None)[0] if truth is not None else None
+        if analyzer.unlearned:
+            console.print(f"[yellow]no decision[/] for {', '.join(analyzer.unlearned)}: no positive image in the "
+                          "training split, so the model has not learned them (their probabilities are not "
+                          "calibrated evidence)", highlight=False)
         result = classify_files(inputs, analyzer, out_dir, demographics=table, overlay=overlay, heatmap=heatmap,
                                 dicom=dicom, truth=boxes, allow_modality=allow_modality,
                                 progress=show_progress(progress))

@@ -83,6 +83,12 @@ class ThresholdRule(StrEnum):
     youden = "youden"
 
 
+class Calibration(StrEnum):
+    """How the classifier's scores become probabilities: temperature scaling on validation, or none."""
+    temperature = "temperature"
+    none = "none"
+
+
 class Crop(StrEnum):
     """What the CNN embedding sees: the whole radiograph, or the lung-field box (with a margin)."""
     none = "none"
@@ -200,6 +206,7 @@ class ClassifierConfig(JobConfig):
     pos_weight: PosWeight
     loss: Loss
     threshold_rule: ThresholdRule
+    calibration: Calibration
     seed: int
     device: str
     cache: Union[str, None]

@@ -234,12 +234,13 @@ def classify_files(
         for a in analyzer.analyze_paths(paths, demographics=demographics, on_error=skip, on_done=advance,
                                         allow_modality=allow_modality, image_ids=unique_ids(paths)):
             rows.append({"image_id": a.image_id, "age_years": a.age_years, "sex": a.sex, **a.probabilities,
-                         **{f"{f} positive": int(a.decisions[f]) for f in findings},
+                         **{f"{f} positive": _decision(a.decisions[f]) for f in findings},
                          "path": a.detection.radiograph.meta.path})
             record = detection_record(a.detection, analyzer.detector.card)
             record |= {"age_years": a.age_years, "sex": a.sex,
                        "findings": [{"finding": f, "probability": round(a.probabilities[f], 5),
-                                     "positive": a.decisions[f], "threshold": analyzer.thresholds[f]} for f in findings]}
+                                     "positive": a.decisions[f], "threshold": analyzer.thresholds[f],
+                                     "no_decision": analyzer.unlearned.get(f)} for f in findings]}
             write_json(out / "json" / f"{a.image_id}.json", record)
             if overlay:
                 heat, title = None, a.image_id
@@ -259,3 +260,8 @@ def classify_files(
         result.outputs["overlays"] = out / "overlays"
     write_csv(out / "skipped.csv", pd.DataFrame(result.skipped, columns=["path", "reason"]))
     return result
+
+
+def _decision(value: bool | None) -> int | str:
+    """A decision as predictions.csv writes it: 1, 0, or empty for a finding the model never learned."""
+    return "" if value is None else int(value)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from hybridcxr.classify.cache import run_lung_side
+from hybridcxr.classify.calibration import temperatures_of
 from hybridcxr.classify.fusion import load_checkpoint
 from hybridcxr.classify.train import (
     cache_features,
@@ -50,7 +51,8 @@ def evaluate_classifier(run: str | Path, prepared: str | Path, *, split: str = "
     detector, backbone = open_models(layout.detector, config, layout.backbone)
     cache = cache_features(prepared, detector, backbone, layout.features, progress, run_lung_side(layout.lungs, card.get("lungs")))
     data = load_split_data(prepared, cache, findings, split)
-    scores = predict_head(head, data)
+    raw = predict_head(head, data)
+    scores = predict_head(head, data, temperatures_of(card.get("calibration"), findings))
     table = None
     if ablation:
         with warnings.catch_warnings():
@@ -72,6 +74,7 @@ def evaluate_classifier(run: str | Path, prepared: str | Path, *, split: str = "
         out, y_true=data.labels, y_score=scores, findings=list(findings), image_ids=data.image_ids, split=split,
         thresholds=card["thresholds"], sex=np.array(data.sex, dtype=object), age_years=data.age_years,
         history=history, ablation=table, notes=notes, n_boot=n_boot,
+        uncalibrated=raw if card.get("calibration") else None, no_claim=card.get("unlearned") or {},
         patient_ids=None if patients is None else patients.loc[data.image_ids].tolist())
 
 

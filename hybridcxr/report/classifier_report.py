@@ -107,7 +107,8 @@ def write_classifier_report(
     image_ids: Sequence[str], split: str, thresholds: Mapping[str, float], sex: Sequence[str | None],
     age_years: Sequence[float], history: pd.DataFrame | None = None, ablation: pd.DataFrame | None = None,
     title: str = "hybridcxr classifier report", notes: Sequence[str] = (), n_boot: int = 1000, seed: int = 0,
-    patient_ids: Sequence[str] | None = None,
+    patient_ids: Sequence[str] | None = None, uncalibrated: np.ndarray | None = None,
+    no_claim: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a classifier's evaluation on one split into ``out_dir``; return the path of ``report.md``.
 
@@ -133,8 +134,14 @@ def write_classifier_report(
         n_boot: bootstrap resamples for the confidence intervals.
         seed: seed of the bootstrap (same seed, same intervals).
         patient_ids: ``N`` patient identifiers, to count patients (optional: without, "not given").
+        uncalibrated: ``(N, C)`` scores before calibration: adds ECE and Brier score before and after and a
+            reliability diagram (``calibration.csv``, ``reliability.png``).
+        no_claim: ``{finding: reason}`` for findings the model never learned: no AUROC or decision metric is
+            claimed for them (their labels are left out), and the report says why.
     """
     yt, ys, names = _check(y_true, y_score, findings)
+    no_claim = {f: r for f, r in (no_claim or {}).items() if f in names}
+    yt = np.where(np.isin(names, list(no_claim))[None, :], np.nan, yt)
     names = list(names)
     n = len(yt)
     image_ids = [str(i) for i in image_ids]
@@ -165,10 +172,19 @@ def write_classifier_report(
     if history is not None and len(history):
         plot_classifier_history(history, out / "training_curves.png")
         figures["training_curves.png"] = "Training curves (training and validation splits)"
+    calibration_lines = []
+    if uncalibrated is not None:
+        calibration_lines = _calibration_section(yt, np.asarray(uncalibrated, np.float64), ys, names, out,
+                                                 figure_title)
+        figures["reliability.png"] = "Reliability diagram (before and after calibration)"
 
     lines = _summary(title, split, n, patient_ids, names, per_finding, macro, micro, n_boot, seed)
     lines += ["", "## Per finding", ""] + _per_finding_markdown(per_finding, macro)
     lines += ["", *_per_finding_legend(split, n_boot, per_finding)]
+    if no_claim:
+        lines += ["", "Not claimed (the model never learned them, so no AUROC and no decision): " + "; ".join(
+            f"{f} ({reason})" for f, reason in no_claim.items())]
+    lines += calibration_lines
     lines += ["", "## By patient group", ""] + _subgroup_markdown(subgroups, names)
     if ablation is not None and len(ablation):
         lines += ["", "## Ablation", "", f"Each variant scored on split **{split}**.", ""]
@@ -179,14 +195,32 @@ def write_classifier_report(
     lines += [f"- [{caption}]({name})" for name, caption in figures.items()]
     for name, caption in figures.items():
         lines += ["", f"![{caption}]({name})"]
-    lines += ["", "## Files", "", "- `per_finding.csv`: the per-finding table at full precision (with tp/fp/fn/tn)",
-              "- `subgroups.csv`: AUROC of every finding in every patient group",
-              "- `predictions.csv`: one row per image: `image_id`, the score of every finding, then its labels "
-              "(`label_<finding>`, empty: not labelled)"]
+    lines += _FILES_SECTION + (["- `calibration.csv`: ECE and Brier score per finding, before and after "
+                                "calibration"] if uncalibrated is not None else [])
     return write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
+_FILES_SECTION = ["", "## Files", "", "- `per_finding.csv`: the per-finding table at full precision (with tp/fp/fn/tn)",
+                  "- `subgroups.csv`: AUROC of every finding in every patient group",
+                  "- `predictions.csv`: one row per image: `image_id`, the score of every finding, then its labels "
+                  "(`label_<finding>`, empty: not labelled)"]
+
 # ---------------------------------------------------------------------------------------------- tables
+
+
+def _calibration_section(yt: np.ndarray, before: np.ndarray, after: np.ndarray, names: list[str], out: Path,
+                         figure_title: str) -> list[str]:
+    """``calibration.csv``, ``reliability.png`` and the report's calibration table (ECE, Brier before/after)."""
+    from hybridcxr.report.calibration import calibration_table, plot_reliability
+
+    table = calibration_table(yt, before, after, names)
+    write_csv(out / "calibration.csv", table)
+    plot_reliability(yt, before, after, out / "reliability.png", title=f"Reliability, {figure_title}")
+    rows = [[r.finding, r.ece_before, r.ece_after, r.brier_before, r.brier_after] for r in table.itertuples()]
+    return ["", "## Calibration", "", "Expected calibration error (10 equal-width bins) and Brier score of the "
+            "raw scores and of the temperature-scaled probabilities (temperatures fitted on 'val'); lower is "
+            "better. Unlabelled and unclaimed findings: n/a.", ""] + _markdown_table(
+        ["finding", "ECE before", "ECE after", "Brier before", "Brier after"], rows)
 
 
 def _per_finding_table(yt: np.ndarray, ys: np.ndarray, names: list[str], ci: pd.DataFrame,

@@ -10,8 +10,10 @@ class Finding(BaseModel):
 
     finding: str
     probability: float = Field(ge=0, le=1)
-    positive: bool = Field(description="probability >= threshold (thresholds chosen on the validation split)")
+    positive: bool | None = Field(description="probability >= threshold (thresholds chosen on the validation "
+                                              "split); null for a finding the model never learned")
     threshold: float
+    no_decision: str | None = Field(default=None, description="why there is no decision (null when there is one)")
     colour: str = Field(description="the finding's overlay colour, hex")
 
 

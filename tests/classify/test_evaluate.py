@@ -30,8 +30,13 @@ def test_evaluate_classifier_writes_the_report(classifier, tmp_path):
     test_rows = manifest[manifest["split"] == "test"]
     assert f"{len(test_rows)} images of {test_rows['patient_id'].nunique()} patients" in text
     for name in ("roc_curves.png", "pr_curves.png", "training_curves.png", "per_finding.csv", "subgroups.csv",
-                 "predictions.csv"):
+                 "predictions.csv", "calibration.csv", "reliability.png"):
         assert (report / name).is_file(), name
+    assert "## Calibration" in text and "ECE before" in text
+    unlearned = sorted(classifier[2]["unlearned"])
+    assert unlearned and "Not claimed" in text and unlearned[0] in text.split("Not claimed")[1]
+    per_finding = pd.read_csv(report / "per_finding.csv").set_index("finding")
+    assert per_finding.loc[unlearned, "auroc"].isna().all(), "no AUROC claim for what the model never learned"
     manifest = pd.read_csv(folder / "prepared" / "manifest.csv", dtype={"image_id": str})
     predictions = pd.read_csv(report / "predictions.csv", dtype={"image_id": str})
     assert set(predictions["image_id"]) == set(manifest.loc[manifest["split"] == "test", "image_id"])

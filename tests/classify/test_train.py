@@ -96,11 +96,14 @@ def test_classify_reports_each_files_own_demographics(classifier, shared_data, t
         assert row["age_years"] == float(str(header.PatientAge).rstrip("Y"))
         assert row["sex"] == header.PatientSex
     assert np.isnan(predictions.loc[png.stem, "age_years"]) and pd.isna(predictions.loc[png.stem, "sex"])
-    findings = list(json.loads((out / "model" / "card.json").read_text())["findings"])
+    card = json.loads((out / "model" / "card.json").read_text())
+    findings = list(card["findings"])
     assert list(predictions.columns) == ["age_years", "sex", *findings, *(f"{f} positive" for f in findings), "path"]
     probabilities = predictions[findings].to_numpy()
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
-    assert set(np.unique(predictions[[f"{f} positive" for f in findings]])) <= {0, 1}
+    learned = [f for f in findings if f not in card["unlearned"]]
+    assert set(np.unique(predictions[[f"{f} positive" for f in learned]])) <= {0, 1}
+    assert predictions[[f"{f} positive" for f in card["unlearned"]]].isna().all().all(), "no decision: empty"
     record = json.loads((tmp_path / "c" / "json" / "test1.json").read_text())
     assert len(record["findings"]) == 14 and "PatientName" not in json.dumps(record)
 

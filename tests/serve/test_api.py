@@ -98,7 +98,10 @@ def test_real_dicom_gives_findings_boxes_demographics_and_model_facts(client, sh
     probabilities = [f["probability"] for f in findings]
     assert probabilities == sorted(probabilities, reverse=True) and all(0 <= p <= 1 for p in probabilities)
     for f in findings:
-        assert f["positive"] == (f["probability"] >= f["threshold"] - 1e-5)
+        if f["finding"] in card["unlearned"]:  # never learned: no decision, and the reason
+            assert f["positive"] is None and "no positive image" in f["no_decision"]
+        else:
+            assert f["positive"] == (f["probability"] >= f["threshold"] - 1e-5) and f["no_decision"] is None
         assert f["threshold"] == pytest.approx(card["thresholds"][f["finding"]])
     for box in body["boxes"]:
         assert 0 <= box["x_min"] < box["x_max"] <= 1024 and 0 <= box["y_min"] < box["y_max"] <= 1024
