@@ -17,6 +17,7 @@ from hybridcxr import __version__
 from hybridcxr.commands import console, default, errors, fail, finish_batch, out, show_progress
 from hybridcxr.config import Fusion, LabelRule
 from hybridcxr.lungs.cli import register as register_lungs
+from hybridcxr.pacs.cli import register_pacs
 
 app = typer.Typer(
     name="hybridcxr",
@@ -148,6 +149,7 @@ evaluate_app = typer.Typer(help="Score predictions against ground truth, the way
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
 register_lungs(app, train_app)  # `train lungs` and `segment` live beside their package (hybridcxr/lungs/cli.py)
+register_pacs(app)  # `pacs` lives beside its package (hybridcxr/pacs/cli.py)
 
 
 @train_app.command("detector")
