@@ -133,7 +133,7 @@ def _radiographs(series: Sequence[Series], study_uid: str, summary: PacsSummary)
 def _analyze_series(pacs: Pacs, analyzer, series: Sequence[Series], folder: Path, kinds: Sequence[str],
                     summary: PacsSummary) -> list[Dataset]:
     """Retrieve the series into ``folder``, analyze every image, and make the objects to store."""
-    import pydicom
+    from hybridcxr.dicom_out.study import read_source
 
     paths = [p for s in series for p in pacs.retrieve(s, folder)]
     bad: list[str] = []
@@ -144,7 +144,7 @@ def _analyze_series(pacs: Pacs, analyzer, series: Sequence[Series], folder: Path
     sources = {p.stem: p for p in paths}
     outputs: list[Dataset] = []
     for analysis in analyzer.analyze_paths(paths, on_error=on_error, image_ids={p: p.stem for p in paths}):
-        source = pydicom.dcmread(sources[analysis.image_id])
+        source = read_source(sources[analysis.image_id])
         outputs += [make_output(kind, analysis, source, analyzer.model_version) for kind in kinds]
     study = series[0].study_uid if series else "?"
     summary.skipped += [f"study {study} instance {line}" for line in bad]
@@ -158,10 +158,29 @@ def make_output(kind: str, analysis, source: Dataset, model: str) -> Dataset:
 
         return sr_from_analysis(analysis, source, model=model)
     if kind == "sc":
-        from hybridcxr.dicom_out.secondary_capture import sc_from_analysis
-
+        try:
+            from hybridcxr.dicom_out.secondary_capture import sc_from_analysis
+        except ImportError:  # not written yet (branch dicom-out): the overlay export that exists
+            return _overlay_capture(analysis, source, model)
         return sc_from_analysis(analysis, source, model=model)
     raise ValueError(f"unknown output {kind!r}; expected one of {', '.join(OUTPUTS)}")
+
+
+def _overlay_capture(analysis, source: Dataset, model: str) -> Dataset:
+    """The findings overlay as a Secondary Capture (``viz.dicom_export``), joined to the source's patient and
+    study and marked as ours, until ``dicom_out.secondary_capture`` replaces it."""
+    import pydicom
+
+    from hybridcxr.dicom_out.study import join_study, new_series
+    from hybridcxr.viz.dicom_export import export_secondary_capture
+    from hybridcxr.viz.overlay import draw_overlay
+
+    radiograph = analysis.detection.radiograph
+    rgb = draw_overlay(radiograph, predictions=analysis.detection.boxes, probabilities=analysis.probabilities,
+                       decisions=analysis.decisions, findings=list(analysis.probabilities), title=analysis.image_id)
+    with tempfile.TemporaryDirectory(prefix="hybridcxr-sc-") as tmp:
+        ds = pydicom.dcmread(export_secondary_capture(rgb, radiograph, Path(tmp) / "sc.dcm"))
+    return new_series(join_study(ds, source), "hybridcxr findings overlay", 9001, model=model, source=source)
 
 
 class LazyAnalyzer:

@@ -7,6 +7,7 @@ from _orthanc import free_port
 from typer.testing import CliRunner
 
 from hybridcxr.cli import app
+from hybridcxr.dicom_out.identity import model_version
 from hybridcxr.pacs.state import PacsState
 
 runner = CliRunner()
@@ -48,7 +49,9 @@ def test_pacs_down_is_a_clear_error_after_retries(card_only_run, tmp_path, proto
     assert f"127.0.0.1:{port}" in text and "failed 3 times" in text
     assert "stopped early" in text and "0 studies answered" in text
     assert "s3cret-never-shown" not in result.output
-    assert PacsState(state).last_run(text.split(",")[0].removeprefix("PACS "), "x") is None
+    server = target[1] if protocol == "dicomweb" else f"{target[1]} (AE ORTHANC)"
+    assert f"PACS {server}," in text
+    assert PacsState(state).last_run(server, model_version(card_only_run / "model" / "card.json")) is None
 
 
 def test_credentials_in_the_url_are_never_shown(card_only_run, tmp_path):
