@@ -88,6 +88,7 @@ def test_round_trip_stores_one_sr_per_radiograph_and_nothing_twice(orthanc, tiny
     assert again.exit_code == 3 and "0 studies answered" in text and f"{len(studies)} already answered" in text
     fresh, text = _pacs(run, tmp_path / "fresh.sqlite", target, env)  # no local state: the SR in the study says
     assert fresh.exit_code == 3 and "0 studies answered" in text and f"{len(studies)} already answered" in text
+    assert text.count("skipped: study") == 1  # the CT only: our own SR and SC series are passed over
     assert orthanc.count_instances() == count
     assert sorted(PacsState(tmp_path / "fresh.sqlite").done(_server(orthanc, protocol), model)) == sorted(studies)
 
@@ -156,3 +157,14 @@ def test_refused_store_fails_the_study_and_leaves_it_to_answer(orthanc, tiny_cla
     assert PacsState(state).last_run(_server(orthanc, protocol), model) is not None  # the pass itself ended
     again, text = _pacs(run, state, target, env)  # tried again, not "already answered"
     assert again.exit_code == 1 and "0 already answered" in text
+
+
+def test_watch_polls_and_then_looks_only_since_the_last_run(orthanc, tiny_classifier, shared_data, tmp_path):
+    _, run, _ = tiny_classifier
+    orthanc.upload(shared_data / "dicom" / SAMPLES[0])
+    target, env = _target(orthanc, "dicomweb")
+    result, text = _pacs(run, tmp_path / "s.sqlite", target, env, "--watch", "--interval", "0", "--passes", "2")
+    assert result.exit_code == 0, result.output
+    first, second = [line for line in result.output.splitlines() if line.startswith("PACS ")]
+    assert "1 studies answered (1 objects stored)" in first
+    assert "0 studies answered" in second and "0 already answered" in second  # its Study Date is before today
