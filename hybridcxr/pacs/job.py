@@ -4,7 +4,8 @@ One pass (:func:`run_pacs`) over the studies a :class:`~hybridcxr.pacs.remote.Qu
 client (:class:`~hybridcxr.pacs.remote.Pacs`) and the same :class:`~hybridcxr.analyzer.Analyzer` the CLI and
 the service use. Idempotent twice over: a study the local state lists for this model version is passed over
 without a query, and one whose study already holds our SR is recorded and passed over. A study is marked done
-only once everything made for it is stored (and seen in the PACS). A series that is not a radiograph is
+only once everything made for it is stored (and seen in the PACS), and a pass with a failed study does not
+move the "last run" mark, so that ``--since last`` and ``--watch`` try it again. A series that is not a radiograph is
 skipped with the reason; a store the PACS refuses fails that study (listed) and the run goes on; an unreachable
 PACS or refused credentials end the pass (with the summary so far).
 """
@@ -12,10 +13,11 @@ PACS or refused credentials end the pass (with the summary so far).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
 from pydicom.dataset import Dataset
 
@@ -23,6 +25,11 @@ from hybridcxr.dicom_out.identity import MANUFACTURER
 from hybridcxr.errors import HybridCXRError, PacsAuthError, PacsStoreError, PacsUnreachableError
 from hybridcxr.pacs.remote import NON_IMAGE_MODALITIES, RADIOGRAPH_MODALITIES, Pacs, Query, Series
 from hybridcxr.pacs.state import PacsState
+
+if TYPE_CHECKING:
+    from hybridcxr.analyzer import Analysis, Analyzer
+
+AnyAnalyzer = Union["Analyzer", "LazyAnalyzer"]
 
 OUTPUTS = ("sr", "sc")
 """What ``--store`` may name: the Structured Report (always wanted) and the Secondary Capture overlay."""
@@ -65,7 +72,7 @@ class PacsJob:
     """Look only at studies dated from the day of the last run on (the state remembers it)."""
 
 
-def run_pacs(pacs: Pacs, analyzer, state: PacsState, job: PacsJob,
+def run_pacs(pacs: Pacs, analyzer: AnyAnalyzer, state: PacsState, job: PacsJob,
              log: Callable[[str], None] = lambda line: None) -> PacsSummary:
     """One pass over the studies ``job`` selects; the summary (``aborted`` set when the PACS failed us)."""
     started = datetime.now(timezone.utc)
@@ -81,11 +88,12 @@ def run_pacs(pacs: Pacs, analyzer, state: PacsState, job: PacsJob,
     except (PacsUnreachableError, PacsAuthError) as err:
         summary.aborted = str(err)
         return summary
-    state.record_run(pacs.server, model, started)
+    if not summary.failed:  # else the next "since the last run" must still see the studies that failed
+        state.record_run(pacs.server, model, started)
     return summary
 
 
-def _answer_study(pacs: Pacs, analyzer, state: PacsState, job: PacsJob, study_uid: str, summary: PacsSummary,
+def _answer_study(pacs: Pacs, analyzer: AnyAnalyzer, state: PacsState, job: PacsJob, study_uid: str, summary: PacsSummary,
                   log: Callable[[str], None]) -> None:
     """Answer one study unless already answered; records the outcome in ``summary`` (and the state)."""
     model = analyzer.model_version
@@ -130,7 +138,7 @@ def _radiographs(series: Sequence[Series], study_uid: str, summary: PacsSummary)
     return keep
 
 
-def _analyze_series(pacs: Pacs, analyzer, series: Sequence[Series], folder: Path, kinds: Sequence[str],
+def _analyze_series(pacs: Pacs, analyzer: AnyAnalyzer, series: Sequence[Series], folder: Path, kinds: Sequence[str],
                     summary: PacsSummary) -> list[Dataset]:
     """Retrieve the series into ``folder``, analyze every image, and make the objects to store."""
     from hybridcxr.dicom_out.study import read_source
@@ -151,7 +159,7 @@ def _analyze_series(pacs: Pacs, analyzer, series: Sequence[Series], folder: Path
     return outputs
 
 
-def make_output(kind: str, analysis, source: Dataset, model: str) -> Dataset:
+def make_output(kind: str, analysis: Analysis, source: Dataset, model: str) -> Dataset:
     """The DICOM object of ``kind`` ("sr" or "sc") answering ``analysis`` of ``source``, in its study."""
     if kind == "sr":
         from hybridcxr.dicom_out.sr import sr_from_analysis
@@ -166,7 +174,7 @@ def make_output(kind: str, analysis, source: Dataset, model: str) -> Dataset:
     raise ValueError(f"unknown output {kind!r}; expected one of {', '.join(OUTPUTS)}")
 
 
-def _overlay_capture(analysis, source: Dataset, model: str) -> Dataset:
+def _overlay_capture(analysis: Analysis, source: Dataset, model: str) -> Dataset:
     """The findings overlay as a Secondary Capture (``viz.dicom_export``), joined to the source's patient and
     study and marked as ours, until ``dicom_out.secondary_capture`` replaces it."""
     import pydicom
@@ -193,9 +201,9 @@ class LazyAnalyzer:
 
         self.run, self.device = run, device
         self.model_version: str = model_version(ClassifierLayout(run).require().card)
-        self._analyzer = None
+        self._analyzer: Analyzer | None = None
 
-    def analyze_paths(self, paths: Sequence[Path], **options):
+    def analyze_paths(self, paths: Sequence[Path], **options: Any) -> Iterator[Analysis]:
         """:meth:`Analyzer.analyze_paths <hybridcxr.analyzer.Analyzer.analyze_paths>`, loading the models first."""
         if self._analyzer is None:
             from hybridcxr.analyzer import Analyzer

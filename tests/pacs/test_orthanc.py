@@ -154,7 +154,7 @@ def test_refused_store_fails_the_study_and_leaves_it_to_answer(orthanc, tiny_cla
     assert f"failed: study {study_uid}" in text and "not in the PACS afterwards" in text
     assert not _ours_in(orthanc, study_uid, model)
     assert PacsState(state).done(_server(orthanc, protocol), model) == []
-    assert PacsState(state).last_run(_server(orthanc, protocol), model) is not None  # the pass itself ended
+    assert PacsState(state).last_run(_server(orthanc, protocol), model) is None  # --since last looks again
     again, text = _pacs(run, state, target, env)  # tried again, not "already answered"
     assert again.exit_code == 1 and "0 already answered" in text
 
