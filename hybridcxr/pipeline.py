@@ -124,19 +124,20 @@ def detection_record(detection: Detection, card: dict) -> dict:
     }
 
 
-def write_overlay(folder: Path, radiograph: Radiograph, *, dicom: bool = False, **drawing: Any) -> Path:
+def write_overlay(folder: Path, radiograph: Radiograph, *, dicom: bool = False, model: str = "",
+                  **drawing: Any) -> Path:
     """Draw one overlay (:func:`~hybridcxr.viz.overlay.draw_overlay` keywords) as ``ID.png``; with ``dicom``
-    also as the Secondary Capture ``ID.dcm`` in the source's study. Returns the PNG's path.
+    also as the Secondary Capture ``ID.dcm`` in the source's study (``model``: the version it cites).
+    Returns the PNG's path.
     """
     from hybridcxr.viz.overlay import draw_overlay, write_png
 
     rgb = draw_overlay(radiograph, **drawing)
     png = write_png(folder / f"{radiograph.image_id}.png", rgb)
     if dicom:
-        from hybridcxr.viz.dicom_export import export_secondary_capture, source_patient_id
+        from hybridcxr.dicom_out.outputs import write_capture
 
-        export_secondary_capture(rgb, radiograph, folder / f"{radiograph.image_id}.dcm",
-                                 patient_id=source_patient_id(radiograph.meta.path) if radiograph.meta.study_uid else None)
+        write_capture(folder / f"{radiograph.image_id}.dcm", rgb, radiograph, model=model)
     return png
 
 
@@ -150,8 +151,11 @@ def detect_files(
     ``truth`` (a box table of any images) adds each image's ground-truth boxes to its overlay, dashed.
 
     ``dicom`` (with ``overlay``) also writes each overlay as a DICOM Secondary Capture (``overlays/ID.dcm``)
-    filed in the source's study, to send back to PACS.
+    filed in the source's study, to send back to PACS; it cites the detector card's version.
     """
+    from hybridcxr.dicom_out.outputs import card_version
+
+    model = card_version(detector.card)
     out = Path(out)
     paths = collect_inputs(inputs)
     result = BatchResult(out)
@@ -169,8 +173,8 @@ def detect_files(
             tables.append(detection.boxes.assign(path=detection.radiograph.meta.path))
             write_json(out / "json" / f"{image_id}.json", detection_record(detection, detector.card))
             if overlay:
-                write_overlay(out / "overlays", detection.radiograph, dicom=dicom, predictions=detection.boxes,
-                              truth=truth, findings=detector.findings, title=image_id)
+                write_overlay(out / "overlays", detection.radiograph, dicom=dicom, model=model,
+                              predictions=detection.boxes, truth=truth, findings=detector.findings, title=image_id)
     result.done = len(ids)
     frames = [t for t in tables if len(t)]
     detections = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*PREDICTION_COLUMNS, "path"])
@@ -213,8 +217,10 @@ def classify_files(
     ``heatmap`` (with ``overlay``) adds to each overlay the Grad-CAM panel of its most probable finding
     (:func:`hybridcxr.viz.heatmap.grad_cam`), named in the title; ValueError without ``overlay`` or for a
     classifier that does not use the CNN. ``dicom`` (with ``overlay``) also writes each overlay as a DICOM
-    Secondary Capture and ``truth`` adds ground-truth boxes, as in :func:`detect_files`.
+    Secondary Capture (citing the Analyzer's model version) and ``truth`` adds ground-truth boxes, as in
+    :func:`detect_files`.
     """
+
     if heatmap and not overlay:
         raise ValueError("heatmap=True draws on the overlays: pass overlay=True too")
     if heatmap and "cnn" not in analyzer.config.groups:
@@ -248,9 +254,9 @@ def classify_files(
 
                     top, heat = grad_cam(analyzer, a)
                     title = f"{a.image_id} \u2014 Grad-CAM: {top}"
-                write_overlay(out / "overlays", a.detection.radiograph, dicom=dicom, predictions=a.detection.boxes,
-                              truth=truth, probabilities=a.probabilities, decisions=a.decisions, findings=findings,
-                              heatmap=heat, title=title)
+                write_overlay(out / "overlays", a.detection.radiograph, dicom=dicom, model=analyzer.model_version,
+                              predictions=a.detection.boxes, truth=truth, probabilities=a.probabilities,
+                              decisions=a.decisions, findings=findings, heatmap=heat, title=title)
     result.done = len(rows)
     columns = ["image_id", "age_years", "sex", *findings, *(f"{f} positive" for f in findings), "path"]
     result.outputs["predictions"] = write_csv(out / "predictions.csv", pd.DataFrame(rows, columns=columns))
