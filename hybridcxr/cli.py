@@ -205,6 +205,7 @@ def classify(
     dicom: Annotated[bool, typer.Option(help="Also write each overlay as a DICOM Secondary Capture in the source's study (needs --overlay).")] = False,
     truth: Annotated[Path | None, typer.Option(help="Ground-truth boxes to draw dashed on the overlays: a prepared folder or a box table CSV.")] = None,
     heatmap: Annotated[bool, typer.Option(help="Add a Grad-CAM panel of the most likely finding to each overlay (needs --overlay).")] = False,
+    sr: Annotated[bool, typer.Option(help="Write a DICOM Structured Report (TID 1500: boxes, probabilities) per DICOM input as sr/ID.dcm.")] = False,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -235,7 +236,7 @@ def classify(
             raise typer.BadParameter(f"{model}: this classifier does not use the CNN: no Grad-CAM heatmap")
         boxes = read_truth(truth, None)[0] if truth is not None else None
         result = classify_files(inputs, analyzer, out_dir, demographics=table, overlay=overlay, heatmap=heatmap,
-                                dicom=dicom, truth=boxes, allow_modality=allow_modality,
+                                dicom=dicom, truth=boxes, sr=sr, allow_modality=allow_modality,
                                 progress=show_progress(progress))
     finish_batch(result)
 
@@ -334,6 +335,7 @@ def detect(
     overlay: Annotated[bool, typer.Option(help="Write box-overlay PNGs for radiologists.")] = False,
     dicom: Annotated[bool, typer.Option(help="Also write each overlay as a DICOM Secondary Capture in the source's study (needs --overlay).")] = False,
     truth: Annotated[Path | None, typer.Option(help="Ground-truth boxes to draw dashed on the overlays: a prepared folder or a box table CSV.")] = None,
+    sr: Annotated[bool, typer.Option(help="Write a DICOM Structured Report (TID 1500: the boxes) per DICOM input as sr/ID.dcm.")] = False,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -351,7 +353,7 @@ def detect(
         detector = Detector.load(weights, device=device)
         boxes = read_truth(truth, None)[0] if truth is not None else None
         result = detect_files(inputs, detector, out_dir, conf=conf, tta=tta, overlay=overlay, dicom=dicom, truth=boxes,
-                              allow_modality=allow_modality, progress=show_progress(progress))
+                              sr=sr, allow_modality=allow_modality, progress=show_progress(progress))
     finish_batch(result)
 
 

@@ -15,7 +15,8 @@ One Comprehensive SR per source image, filed in the source's study (:mod:`hybrid
   hash, ``model <16 hex digits>``) as its parameter; the observer context is a device (hybridcxr), never a
   person; the procedure reported is "XR Chest Single View" (LOINC 36554-4, as IHE RAD.IDR codes it).
 
-Codes of the local scheme ``99HYBRIDCXR`` are declared in the Coding Scheme Identification Sequence.
+A detector-only SR (no classifier) of an image without boxes holds one image-level group, ``image: no boxes``,
+of finding type "No finding" (TID 1500 needs at least one). Codes of the local scheme ``99HYBRIDCXR`` are declared in the Coding Scheme Identification Sequence.
 
 >>> sr = sr_from_analysis(analysis, pydicom.dcmread("IM0001.dcm"), model=analyzer.model_version)  # doctest: +SKIP
 >>> save(sr, "out/sr/IM0001.dcm")  # doctest: +SKIP
@@ -44,6 +45,8 @@ SERIES_NUMBER = 9003
 """Series Number of the SR series (beside the overlays' 9001 and the lungs' 9002)."""
 SERIES_DESCRIPTION = "hybridcxr findings (structured report)"
 ALGORITHM = "hybridcxr"
+NO_BOXES_IDENTIFIER = "image: no boxes"
+"""Tracking identifier of the one group of a detector-only SR where the detector found no box."""
 CALL_IDENTIFIER = "image: normal/abnormal"
 """Tracking identifier of the group whose finding type is the image's call, Normal or Abnormal."""
 PROCEDURE = ("36554-4", "LN", "XR Chest Single View")
@@ -83,7 +86,7 @@ def structured_report(boxes: pd.DataFrame, source: Dataset, *, model: str, path:
         groups += _image_groups(probabilities, decisions or {}, source, algorithm)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=_device(model)),
-        procedure_reported=hd.sr.CodedConcept(*PROCEDURE), imaging_measurements=groups,
+        procedure_reported=hd.sr.CodedConcept(*PROCEDURE), imaging_measurements=groups or [_nothing_found(source, algorithm)],
         title=codes.DCM.ImagingMeasurementReport)
     sr = hd.sr.ComprehensiveSR(
         evidence=[without_patient(source)], content=report, series_instance_uid=hd.UID(), series_number=SERIES_NUMBER,
@@ -152,6 +155,16 @@ def _image_groups(probabilities: Mapping[str, float], decisions: Mapping[str, bo
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=CALL_IDENTIFIER),
             finding_type=call, algorithm_id=algorithm, source_images=image))
     return groups
+
+
+def _nothing_found(source: Dataset, algorithm: Any):
+    """The one group of a detector-only SR without boxes (TID 1500 needs one): finding type "No finding"."""
+    import highdicom as hd
+
+    image = [hd.sr.SourceImageForMeasurementGroup(str(source.SOPClassUID), str(source.SOPInstanceUID))]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=NO_BOXES_IDENTIFIER),
+        finding_type=finding_code(NO_FINDING), algorithm_id=algorithm, source_images=image)
 
 
 def _local_scheme() -> Dataset:

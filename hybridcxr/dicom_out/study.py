@@ -12,8 +12,11 @@ Segmentation) therefore carries, copied from the source header **as the source h
 Nothing is invented: a Type 2 attribute the source lacks is written empty, any other it lacks is left out.
 Nothing copied here is logged or put in an error message (those name the file only). Then each object starts
 a new series of its own (new Series Instance UID, a fixed Series Number and a clear Series Description) and
-says who made it (:mod:`hybridcxr.dicom_out.identity`: Manufacturer and Software Versions); where the source
-is a chest, Body Part Examined is CHEST and Laterality present and empty (the chest is not a paired part).
+says who made it (:mod:`hybridcxr.dicom_out.identity`: Manufacturer and Software Versions). Where the
+source is a chest, Body Part Examined is CHEST and Laterality is absent: Laterality is Type 2C, "required if
+the body part examined is a paired structure" (PS3.3 C.7.3.1), and dciodvfy rejects it present, even empty,
+beside CHEST. Where the body part is not known to be the chest, none is claimed and Laterality is present
+and empty (unknown), as the condition then asks.
 
 >>> source = read_source("study/IM0001.dcm")  # doctest: +SKIP
 >>> join_study(dataset, source); new_series(dataset, "hybridcxr findings (SR)", 9003, model="0123abcd...")  # doctest: +SKIP
@@ -29,6 +32,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
+from hybridcxr import __version__
 from hybridcxr.dicom_out.identity import MANUFACTURER, software_versions
 from hybridcxr.errors import InputError
 from hybridcxr.files import atomic_path
@@ -140,20 +144,32 @@ def dicom_age(age_years: float | None) -> str | None:
     return f"{int(age_years * 365.25):03d}D"
 
 
-def new_series(ds: Dataset, description: str, number: int, *, model: str, source: Dataset | None = None,
+def new_series(ds: Dataset, description: str, number: int, *, model: str | None, source: Dataset | None = None,
                anatomy: bool = True) -> Dataset:
-    """Mark ``ds`` as a series of ours: description, number, Manufacturer and Software Versions; with
-    ``anatomy``, Body Part Examined CHEST and an empty Laterality where ``source`` is a chest. Return ``ds``."""
+    """Mark ``ds`` as a series of ours: description, number, Manufacturer and Software Versions (the package
+    version alone where ``model`` is None); with ``anatomy`` (objects with a General Series module), Body Part
+    Examined CHEST where ``source`` is a chest, else an empty Laterality (see the module doc). Return ``ds``."""
     if len(description) > 64:
         raise ValueError(f"a Series Description has 64 characters at most; got {len(description)}")
     ds.SeriesDescription = description
     ds.SeriesNumber = number
     ds.Manufacturer = MANUFACTURER
-    ds.SoftwareVersions = software_versions(model)
-    if anatomy and source is not None and is_chest(source):
-        ds.BodyPartExamined = CHEST
-        ds.Laterality = None  # Type 2C: present, empty (the chest is not a paired part)
+    ds.SoftwareVersions = software_versions(model) if model else [f"hybridcxr {__version__}"]
+    if anatomy:
+        _anatomy(ds, source)
     return ds
+
+
+def _anatomy(ds: Dataset, source: Dataset | None) -> None:
+    """Body Part Examined CHEST for a chest source, and Laterality as its Type 2C condition wants it."""
+    if source is not None and is_chest(source):
+        ds.BodyPartExamined = CHEST
+        if "Laterality" in ds:  # the chest is not a paired part: a 2C Laterality must then be absent
+            del ds.Laterality
+        return
+    if "BodyPartExamined" in ds:  # not known to be a chest: no body part is claimed
+        del ds.BodyPartExamined
+    ds.Laterality = None  # the body part may be paired: present and empty, i.e. unknown
 
 
 def is_chest(source: Dataset) -> bool:

@@ -166,29 +166,10 @@ def make_output(kind: str, analysis: Analysis, source: Dataset, model: str) -> D
 
         return sr_from_analysis(analysis, source, model=model)
     if kind == "sc":
-        try:
-            from hybridcxr.dicom_out.secondary_capture import sc_from_analysis
-        except ImportError:  # not written yet (branch dicom-out): the overlay export that exists
-            return _overlay_capture(analysis, source, model)
+        from hybridcxr.dicom_out.secondary_capture import sc_from_analysis
+
         return sc_from_analysis(analysis, source, model=model)
     raise ValueError(f"unknown output {kind!r}; expected one of {', '.join(OUTPUTS)}")
-
-
-def _overlay_capture(analysis: Analysis, source: Dataset, model: str) -> Dataset:
-    """The findings overlay as a Secondary Capture (``viz.dicom_export``), joined to the source's patient and
-    study and marked as ours, until ``dicom_out.secondary_capture`` replaces it."""
-    import pydicom
-
-    from hybridcxr.dicom_out.study import join_study, new_series
-    from hybridcxr.viz.dicom_export import export_secondary_capture
-    from hybridcxr.viz.overlay import draw_overlay
-
-    radiograph = analysis.detection.radiograph
-    rgb = draw_overlay(radiograph, predictions=analysis.detection.boxes, probabilities=analysis.probabilities,
-                       decisions=analysis.decisions, findings=list(analysis.probabilities), title=analysis.image_id)
-    with tempfile.TemporaryDirectory(prefix="hybridcxr-sc-") as tmp:
-        ds = pydicom.dcmread(export_secondary_capture(rgb, radiograph, Path(tmp) / "sc.dcm"))
-    return new_series(join_study(ds, source), "hybridcxr findings overlay", 9001, model=model, source=source)
 
 
 class LazyAnalyzer:

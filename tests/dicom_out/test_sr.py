@@ -14,7 +14,7 @@ from _dicom3tools import dciodvfy_errors
 from hybridcxr.analyzer import Analysis
 from hybridcxr.detect.predict import Detection
 from hybridcxr.dicom_out.identity import is_ours
-from hybridcxr.dicom_out.sr import CALL_IDENTIFIER, SERIES_NUMBER, sr_from_analysis, sr_from_detection
+from hybridcxr.dicom_out.sr import CALL_IDENTIFIER, NO_BOXES_IDENTIFIER, SERIES_NUMBER, sr_from_analysis, sr_from_detection
 from hybridcxr.dicom_out.study import read_source, save
 from hybridcxr.errors import InputError
 from hybridcxr.findings import CODES, LOCAL_SCHEME, NO_FINDING
@@ -143,3 +143,14 @@ def test_png_analysis_cannot_get_an_sr(tmp_path):
     analysis = Analysis(Detection(Radiograph(np.zeros((4, 4), np.float32), meta), BOXES), {}, {}, None, None)
     with pytest.raises(InputError, match=r"chest\.png: the source has no StudyInstanceUID, SOPClassUID"):
         sr_from_analysis(analysis, pydicom.Dataset(), model=MODEL)
+
+
+def test_detector_only_sr_without_boxes_is_valid(shared_data, tmp_path):
+    path = shared_data / NIH
+    analysis = analysis_of(path, boxes=BOXES.iloc[:0])
+    sr = sr_from_detection(analysis.detection, pydicom.dcmread(path, stop_before_pixels=True), model=MODEL)
+    read = hd.sr.srread(save(sr, tmp_path / "empty.dcm"))
+    assert read.content.get_planar_roi_measurement_groups() == []
+    (group,) = read.content.get_image_measurement_groups()
+    assert group.tracking_identifier == NO_BOXES_IDENTIFIER and group.finding_type.value == CODES[NO_FINDING][0]
+    assert dciodvfy_errors(tmp_path / "empty.dcm") == []
