@@ -20,14 +20,15 @@ pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 
-def _upload_samples(orthanc: OrthancServer, shared, tmp_path) -> tuple[dict[str, str], str]:
-    """Upload the shared radiographs and a CT study; ({study UID: Patient ID} of the radiographs, the CT's study)."""
+def _upload_samples(orthanc: OrthancServer, shared, tmp_path) -> tuple[dict[str, tuple[str, str]], str]:
+    """Upload the shared radiographs and a CT study; ({study UID: (Patient ID, Patient's Name)} of the
+    radiographs, the CT's study UID)."""
     studies = {}
     for name in SAMPLES:
         path = shared / "dicom" / name
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         orthanc.upload(path)
-        studies[str(ds.StudyInstanceUID)] = str(ds.PatientID)
+        studies[str(ds.StudyInstanceUID)] = (str(ds.PatientID), str(ds.get("PatientName", "")))
     ct = relabelled(shared / "dicom" / CT_SAMPLE, tmp_path)
     orthanc.upload(ct)
     return studies, str(pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID)
@@ -81,7 +82,7 @@ def test_round_trip_stores_one_sr_per_radiograph_and_nothing_twice(orthanc, tiny
         captures = [t for m, items in ours.items() if m != "SR" for t in items]
         assert len(ours.get("SR", [])) == 1 and len(captures) == 1, ours.keys()
         sr = ours["SR"][0]
-        assert sr["StudyInstanceUID"] == study_uid and sr["PatientID"] == patient
+        assert sr["StudyInstanceUID"] == study_uid and (sr["PatientID"], sr.get("PatientName", "")) == patient
     assert not _ours_in(orthanc, ct_study, model)
     count = orthanc.count_instances()
     again, text = _pacs(run, tmp_path / "s.sqlite", target, env, "--store", "sr,sc")
@@ -129,6 +130,14 @@ def test_wrong_credentials_are_a_clear_error(orthanc, tiny_classifier, shared_da
     assert "not-the-password" not in result.output and orthanc.password not in result.output
     with pytest.raises(urllib.error.HTTPError):
         OrthancServer(orthanc.url, orthanc.user, "not-the-password", "", 0).request("GET", "/system")
+
+
+def test_a_bearer_token_the_pacs_refuses_is_a_clear_error_and_never_shown(orthanc, tiny_classifier, tmp_path):
+    _, run, _ = tiny_classifier
+    result, text = _pacs(run, tmp_path / "s.sqlite", ["--dicomweb", f"{orthanc.url}/dicom-web"],
+                         {"HYBRIDCXR_PACS_TOKEN": "tok-3f9a-never-shown"})
+    assert result.exit_code == 1 and "refused our credentials (HTTP 401)" in text, result.output
+    assert "tok-3f9a-never-shown" not in result.output
 
 
 def test_unknown_ae_title_is_a_clear_error(orthanc, tiny_classifier, tmp_path):
