@@ -8,6 +8,7 @@ Kept here so that :mod:`hybridcxr.pipeline` only says *when* to write: where a s
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import warnings
 from pathlib import Path
@@ -41,6 +42,20 @@ def write_capture(path: Path, rgb: np.ndarray, radiograph: Radiograph, *, model:
     from hybridcxr.dicom_out.secondary_capture import export_secondary_capture
 
     return export_secondary_capture(rgb, radiograph, path, model=model, source=source_header(radiograph))
+
+
+def sr_bytes(analysis: Any, source: Dataset, *, model: str) -> bytes | None:
+    """The SR of an analysis as DICOM file bytes (the service's ``sr`` output); None where ``source`` has no
+    SOP Instance to reference."""
+    from hybridcxr.dicom_out.sr import sr_from_analysis
+
+    try:
+        sr = sr_from_analysis(analysis, source, model=model)
+    except InputError:
+        return None
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def write_sr(folder: Path, result: Any, *, model: str) -> Path | None:

@@ -78,5 +78,7 @@ def segmentation(right: np.ndarray, left: np.ndarray, source: Dataset, source_pa
         device_serial_number="none", series_description=SERIES_DESCRIPTION)
     join_study(seg, source)
     new_series(seg, SERIES_DESCRIPTION, SERIES_NUMBER, model=model, source=source)
+    if "BodyPartExamined" not in seg:  # dciodvfy's SEG condition rejects an empty Laterality (an SC wants one)
+        del seg.Laterality
     seg.PatientOrientation = source.get("PatientOrientation") or None  # Type 2C: the source's, else empty
     return seg

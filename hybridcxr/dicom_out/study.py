@@ -90,7 +90,8 @@ def join_study(ds: Dataset, source: Dataset) -> Dataset:
         if keyword == "PatientAge":
             _copy_age(ds, source)
         elif keyword in source and not source[keyword].is_empty:
-            setattr(ds, keyword, copy.deepcopy(source[keyword].value))
+            # the element itself, not its value: setattr would validate the value and warn quoting it
+            ds[source[keyword].tag] = copy.deepcopy(source[keyword])
         elif keyword in TYPE2_KEYWORDS:
             setattr(ds, keyword, None)
         elif keyword in ds:

@@ -16,7 +16,8 @@ from hybridcxr.dicom_out.seg import SERIES_NUMBER, export_segmentation
 from hybridcxr.errors import InputError
 
 SOURCES = ["dicom/nih-udacity/test1.dcm",
-           "dicom/siim-acr/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"]
+           "dicom/siim-acr/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm",
+           "dicom/siim-acr/Fake_MONOHR1.dcm"]
 MODEL = "0123456789abcdef"
 
 
@@ -43,6 +44,13 @@ def test_segmentation_joins_the_study_and_passes_dciodvfy(name, shared_data, tmp
     assert seg.SeriesDescription == "hybridcxr lung fields" and seg.BodyPartExamined == "CHEST"
     assert source.SOPInstanceUID in [uids[2] for uids in seg.get_source_image_uids()]
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Right lung", "Left lung"]
+    assert dciodvfy_errors(out) == []
+
+
+def test_segmentation_of_a_source_not_said_to_be_a_chest_passes_dciodvfy(shared_data, tmp_path):
+    out = export_segmentation(*lungs(), shared_data / "dicom/nih-udacity/test4.dcm", tmp_path / "seg.dcm")
+    ds = pydicom.dcmread(out, stop_before_pixels=True)
+    assert "BodyPartExamined" not in ds  # the source says RIBCAGE: no body part is claimed
     assert dciodvfy_errors(out) == []
 
 

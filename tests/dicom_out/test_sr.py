@@ -99,7 +99,8 @@ def test_sr_joins_the_source_study_as_a_series_of_ours(name, shared_data, tmp_pa
     assert LOCAL_SCHEME in schemes
 
 
-@pytest.mark.parametrize("name", [SIIM, NIH])
+@pytest.mark.parametrize("name", [SIIM, NIH, "dicom/siim-acr/Fake_MONOHR1.dcm", "dicom/nih-udacity/test4.dcm",
+                                  "dicom/nih-udacity/test6.dcm"])
 def test_sr_passes_dciodvfy(name, shared_data, tmp_path):
     _, out = written(tmp_path, shared_data / name)
     assert dciodvfy_errors(out) == []
