@@ -62,8 +62,7 @@ class DicomWebPacs:
             session.headers["Authorization"] = f"Bearer {token}"
         elif user is not None:
             session.auth = (user, password or "")
-        self.client = DICOMwebClient(self.server, session=session)
-        self.client._timeout = timeout_s  # its only knob for the request timeout (None: wait for ever)
+        self.client = DICOMwebClient(self.server, session=session, timeout=timeout_s)
         # its waits are multiplier * 2**attempt ms: half our backoff makes the first wait our backoff
         self.client.set_http_retry_params(max_attempts=retry.attempts,
                                           wait_exponential_multiplier=int(retry.backoff_s * 500))

@@ -177,3 +177,15 @@ def test_watch_polls_and_then_looks_only_since_the_last_run(orthanc, tiny_classi
     first, second = [line for line in result.output.splitlines() if line.startswith("PACS ")]
     assert "1 studies answered (1 objects stored)" in first
     assert "0 studies answered" in second and "0 already answered" in second  # its Study Date is before today
+
+
+@pytest.mark.parametrize("protocol", ["dicomweb", "dimse"])
+def test_since_selects_studies_by_study_date(orthanc, tiny_classifier, shared_data, tmp_path, protocol):
+    _, run, _ = tiny_classifier
+    orthanc.upload(shared_data / "dicom" / SAMPLES[0])  # no Study Date
+    orthanc.upload(shared_data / "dicom" / SAMPLES[-1])  # Study Date 19010101
+    target, env = _target(orthanc, protocol)
+    later, text = _pacs(run, tmp_path / "s.sqlite", target, env, "--since", "1901-01-02")
+    assert later.exit_code == 0 and "0 studies answered" in text and "0 already answered" in text, later.output
+    from_then, text = _pacs(run, tmp_path / "s.sqlite", target, env, "--since", "19010101")
+    assert from_then.exit_code == 0 and "1 studies answered (1 objects stored)" in text, from_then.output
