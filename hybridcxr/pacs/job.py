@@ -6,8 +6,9 @@ the service use. Idempotent twice over: a study the local state lists for this m
 without a query, and one whose study already holds our SR is recorded and passed over. A study is marked done
 only once everything made for it is stored (and seen in the PACS), and a pass with a failed study does not
 move the "last run" mark, so that ``--since last`` and ``--watch`` try it again. A series that is not a radiograph is
-skipped with the reason; a store the PACS refuses fails that study (listed) and the run goes on; an unreachable
-PACS or refused credentials end the pass (with the summary so far).
+skipped with the reason; a store the PACS refuses (or any other error of one study) fails that study (listed) and
+the pass goes on; an unreachable PACS, refused credentials or a failed search for studies end the pass (with the
+summary so far).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Union
 from pydicom.dataset import Dataset
 
 from hybridcxr.dicom_out.identity import MANUFACTURER
-from hybridcxr.errors import HybridCXRError, PacsAuthError, PacsStoreError, PacsUnreachableError
+from hybridcxr.errors import HybridCXRError, PacsAuthError, PacsError, PacsUnreachableError
 from hybridcxr.pacs.remote import NON_IMAGE_MODALITIES, RADIOGRAPH_MODALITIES, Pacs, Query, Series
 from hybridcxr.pacs.state import PacsState
 
@@ -64,7 +65,7 @@ class PacsSummary:
 
 @dataclass(frozen=True)
 class PacsJob:
-    """The settings of a pass: which studies, what to store, where the state lives."""
+    """The settings of a pass: which studies and what to store."""
 
     query: Query = Query()
     store: Sequence[str] = ("sr",)
@@ -84,8 +85,13 @@ def run_pacs(pacs: Pacs, analyzer: AnyAnalyzer, state: PacsState, job: PacsJob,
         query = Query(since=last.date()) if last is not None else query
     try:
         for study in pacs.find_studies(query):
-            _answer_study(pacs, analyzer, state, job, study.uid, summary, log)
-    except (PacsUnreachableError, PacsAuthError) as err:
+            try:
+                _answer_study(pacs, analyzer, state, job, study.uid, summary, log)
+            except (PacsUnreachableError, PacsAuthError):
+                raise
+            except (HybridCXRError, ValueError) as err:  # this study only: a refused store, a failed query, a
+                summary.failed.append(f"study {study.uid}: {err}")  # source the writers cannot cite (ValueError)
+    except (PacsUnreachableError, PacsAuthError, PacsError) as err:
         summary.aborted = str(err)
         return summary
     if not summary.failed:  # else the next "since the last run" must still see the studies that failed
@@ -113,11 +119,7 @@ def _answer_study(pacs: Pacs, analyzer: AnyAnalyzer, state: PacsState, job: Pacs
         outputs = _analyze_series(pacs, analyzer, radiographs, Path(tmp), job.store, summary)
         if not outputs:
             return
-        try:
-            pacs.store(outputs)
-        except PacsStoreError as err:
-            summary.failed.append(f"study {study_uid}: {err}")
-            return
+        pacs.store(outputs)  # a refusal fails this study (run_pacs lists it); nothing is marked
     state.mark_done(pacs.server, study_uid, model, "stored", len(outputs))
     summary.stored.append(study_uid)
     summary.objects += len(outputs)
