@@ -159,8 +159,9 @@ def dicomweb_plugin() -> str | None:
     return None
 
 
-def write_config(folder: Path, plugin: str) -> OrthancServer:
-    """Write ``folder/orthanc.json`` (and the Lua filter) for a fresh server on free ports."""
+def write_config(folder: Path, plugin: str, **overrides: object) -> OrthancServer:
+    """Write ``folder/orthanc.json`` (and the Lua filter) for a fresh server on free ports; ``overrides`` replace
+    top-level settings (e.g. ``StorageAccessOnFind="Never"``)."""
     http_port, dicom_port, our_port = free_port(), free_port(), free_port()
     server = OrthancServer(f"http://127.0.0.1:{http_port}", USER, secrets.token_hex(12), "127.0.0.1", dicom_port,
                            our_port=our_port)
@@ -179,6 +180,7 @@ def write_config(folder: Path, plugin: str) -> OrthancServer:
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Host": f"127.0.0.1:{http_port}",
                      "Ssl": False, "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
     }
+    config.update(overrides)
     (folder / "orthanc.json").write_text(json.dumps(config, indent=2))
     return server
 
@@ -199,13 +201,14 @@ def wait_ready(server: OrthancServer, process: subprocess.Popen, log: Path, time
     raise RuntimeError(f"Orthanc did not answer within {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
-def start(folder: Path) -> tuple[OrthancServer, subprocess.Popen]:
-    """Start a throwaway Orthanc with its storage and log in ``folder``; raises RuntimeError where it cannot."""
+def start(folder: Path, **overrides: object) -> tuple[OrthancServer, subprocess.Popen]:
+    """Start a throwaway Orthanc with its storage and log in ``folder`` (settings ``overrides`` as for
+    :func:`write_config`); raises RuntimeError where it cannot."""
     binary, plugin = orthanc_binary(), dicomweb_plugin()
     if binary is None or plugin is None:
         raise RuntimeError("Orthanc or its DICOMweb plugin is not installed (Debian: orthanc, orthanc-dicomweb)")
     folder.mkdir(parents=True, exist_ok=True)
-    server = write_config(folder, plugin)
+    server = write_config(folder, plugin, **overrides)
     log = folder / "orthanc.log"
     with log.open("wb") as sink:
         process = subprocess.Popen([binary, str(folder / "orthanc.json")], stdout=sink, stderr=subprocess.STDOUT,

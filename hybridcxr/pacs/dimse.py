@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -26,7 +27,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from hybridcxr.dicom_out.identity import is_ours
+from hybridcxr.dicom_out.identity import MANUFACTURER, is_ours
 from hybridcxr.errors import PacsAuthError, PacsError, PacsStoreError
 from hybridcxr.files import atomic_path
 from hybridcxr.pacs.remote import Query, Retry, Series, Study, dicom_date, with_retries
@@ -34,6 +35,9 @@ from hybridcxr.pacs.remote import Query, Retry, Series, Study, dicom_date, with_
 #: Storage classes we accept in C-GET: radiographs (CR, DX for presentation and processing) and Secondary Capture.
 _IMAGE_CLASSES = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1",
                   "1.2.840.10008.5.1.4.1.1.7")
+#: Structured Report classes we accept in C-GET (to read an SR's Software Versions where C-FIND does not say them).
+_SR_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33",
+               "1.2.840.10008.5.1.4.1.1.88.34")
 _SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit,
              JPEGExtended12Bit, JPEGLosslessSV1, JPEG2000Lossless, JPEG2000, RLELossless]
 _FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
@@ -114,31 +118,45 @@ class DimsePacs:
                 for a in self._find("C-FIND series", ask) if a.get("SeriesInstanceUID")]
 
     def answered(self, study_uid: str, model: str) -> bool:
-        """Whether an SR of this model version is in the study (C-FIND SR series, then their instances'
-        Manufacturer and Software Versions)."""
+        """Whether an SR of this model version is in the study: C-FIND its SR series, then their instances'
+        Manufacturer and Software Versions; where the PACS does not answer those (many return only the keys
+        they index), C-GET the SR series and read them from the files."""
+        import tempfile
+
         for series in self.series(study_uid):
-            if series.modality != "SR":
+            if series.modality != "SR" or series.manufacturer not in ("", MANUFACTURER):
                 continue
             ask = _identifier("IMAGE", StudyInstanceUID=study_uid, SeriesInstanceUID=series.uid,
                               SOPInstanceUID="", Manufacturer="", SoftwareVersions="")
-            if any(is_ours(a, model) for a in self._find("C-FIND SR instances", ask)):
+            answers = self._find("C-FIND SR instances", ask)
+            if any(is_ours(a, model) for a in answers):
                 return True
+            if any(not a.get("SoftwareVersions") and str(a.get("Manufacturer", "") or "") in ("", MANUFACTURER)
+                   for a in answers):
+                with tempfile.TemporaryDirectory(prefix="hybridcxr-sr-") as tmp:
+                    files = self._get(series, Path(tmp), _SR_CLASSES, "C-GET SR series")
+                    if any(is_ours(dcmread(f, stop_before_pixels=True), model) for f in files):
+                        return True
         return False
 
     def retrieve(self, series: Series, folder: Path) -> list[Path]:
         """C-GET the series into ``folder`` as ``<SOP Instance UID>.dcm`` (we are the Storage SCP)."""
+        return self._get(series, folder, _IMAGE_CLASSES, "C-GET series")
+
+    def _get(self, series: Series, folder: Path, classes: Sequence[str], what: str) -> list[Path]:
+        """C-GET the series' instances of these storage classes into ``folder``; the files written."""
         from pynetdicom import evt
 
         written: list[Path] = []
-        contexts = [(_GET, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])] + [(c, _SYNTAXES) for c in _IMAGE_CLASSES]
+        contexts = [(_GET, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])] + [(c, _SYNTAXES) for c in classes]
         handlers = [(evt.EVT_C_STORE, _saver(folder, written))]
         ask = _identifier("SERIES", StudyInstanceUID=series.study_uid, SeriesInstanceUID=series.uid)
-        with self._association("C-GET series", contexts, scp_classes=_IMAGE_CLASSES, handlers=handlers) as assoc:
+        with self._association(what, contexts, scp_classes=classes, handlers=handlers) as assoc:
             final = None
             for status, _ in assoc.send_c_get(ask, _GET):
                 final = int(getattr(status, "Status", -1))
             if final not in (0x0000, 0xB000) and not written:
-                raise PacsError(self.server, f"C-GET series: failed (status {final if final is None else hex(final)})")
+                raise PacsError(self.server, f"{what}: failed (status {final if final is None else hex(final)})")
         return written
 
     def store(self, datasets: Sequence[Dataset]) -> None:

@@ -189,3 +189,36 @@ def test_since_selects_studies_by_study_date(orthanc, tiny_classifier, shared_da
     assert later.exit_code == 0 and "0 studies answered" in text and "0 already answered" in text, later.output
     from_then, text = _pacs(run, tmp_path / "s.sqlite", target, env, "--since", "19010101")
     assert from_then.exit_code == 0 and "1 studies answered (1 objects stored)" in text, from_then.output
+
+
+def test_dimse_finds_our_sr_where_c_find_does_not_answer_software_versions(tiny_classifier, shared_data, tmp_path):
+    """A PACS answering C-FIND from its index only (Orthanc with StorageAccessOnFind "Never") says no Software
+    Versions: the SR series is fetched (C-GET) and read instead, so a fresh state still stores nothing twice."""
+    from _orthanc import dicomweb_plugin, orthanc_binary, start, stop
+    from _services import missing_service
+
+    from hybridcxr.pacs.dimse import DimsePacs, _identifier
+
+    if orthanc_binary() is None or dicomweb_plugin() is None:
+        missing_service("Orthanc is not installed (Debian: apt-get install orthanc orthanc-dicomweb)")
+    _, run, _ = tiny_classifier
+    model = model_version(run / "model" / "card.json")
+    server, process = start(tmp_path / "orthanc", StorageAccessOnFind="Never")
+    try:
+        server.upload(shared_data / "dicom" / SAMPLES[0])
+        target, env = _target(server, "dimse")
+        first, text = _pacs(run, tmp_path / "a.sqlite", target, env)
+        assert first.exit_code == 0 and "1 studies answered" in text, first.output
+        study_uid = str(pydicom.dcmread(shared_data / "dicom" / SAMPLES[0], stop_before_pixels=True).StudyInstanceUID)
+        pacs = DimsePacs(server.dicom_host, server.dicom_port, aet=server.our_aet, called_aet=server.aet)
+        sr = next(s for s in pacs.series(study_uid) if s.modality == "SR")
+        answers = pacs._find("check", _identifier("IMAGE", StudyInstanceUID=study_uid, SeriesInstanceUID=sr.uid,
+                                                  SOPInstanceUID="", SoftwareVersions=""))
+        assert answers and not any(a.get("SoftwareVersions") for a in answers)  # the index does not say
+        count = server.count_instances()
+        again, text = _pacs(run, tmp_path / "b.sqlite", target, env)  # a fresh state
+        assert again.exit_code == 0 and "1 already answered" in text, again.output
+        assert server.count_instances() == count and pacs.answered(study_uid, model)
+        assert not pacs.answered(study_uid, "0000000000000000")
+    finally:
+        stop(process)
