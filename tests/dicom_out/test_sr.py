@@ -155,3 +155,14 @@ def test_detector_only_sr_without_boxes_is_valid(shared_data, tmp_path):
     (group,) = read.content.get_image_measurement_groups()
     assert group.tracking_identifier == NO_BOXES_IDENTIFIER and group.finding_type.value == CODES[NO_FINDING][0]
     assert dciodvfy_errors(tmp_path / "empty.dcm") == []
+
+
+def test_a_full_source_dataset_with_pixels_is_taken_as_it_is(shared_data, tmp_path):
+    """The PACS client hands over what it retrieved: the whole instance, pixels and all; it is not changed."""
+    path = shared_data / SIIM
+    source = pydicom.dcmread(path)
+    before = len(source)
+    sr = sr_from_analysis(analysis_of(path), source, model=MODEL)
+    assert len(source) == before and "PixelData" in source and "PixelData" not in sr
+    assert sr.PatientName == source.PatientName
+    assert dciodvfy_errors(save(sr, tmp_path / "sr.dcm")) == []
