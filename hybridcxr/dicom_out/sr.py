@@ -16,7 +16,9 @@ One Comprehensive SR per source image, filed in the source's study (:mod:`hybrid
   person; the procedure reported is "XR Chest Single View" (LOINC 36554-4, as IHE RAD.IDR codes it).
 
 A detector-only SR (no classifier) of an image without boxes holds one image-level group, ``image: no boxes``,
-of finding type "No finding" (TID 1500 needs at least one). Codes of the local scheme ``99HYBRIDCXR`` are declared in the Coding Scheme Identification Sequence.
+of finding type "No finding" (TID 1500 needs at least one). Body Part Examined is CHEST where the source says chest: the SR IOD has no such attribute (dciodvfy
+warns, it makes the SR "Standard Extended"), but PACS rules route and hang series by it; Laterality is left
+out (it has no meaning for a report). Codes of the local scheme ``99HYBRIDCXR`` are declared in the Coding Scheme Identification Sequence.
 
 >>> sr = sr_from_analysis(analysis, pydicom.dcmread("IM0001.dcm"), model=analyzer.model_version)  # doctest: +SKIP
 >>> save(sr, "out/sr/IM0001.dcm")  # doctest: +SKIP
@@ -34,7 +36,7 @@ from pydicom.uid import generate_uid
 
 from hybridcxr import __version__
 from hybridcxr.dicom_out.identity import MANUFACTURER
-from hybridcxr.dicom_out.study import join_study, new_series, require_instance, without_patient
+from hybridcxr.dicom_out.study import CHEST, is_chest, join_study, new_series, require_instance, without_patient
 from hybridcxr.findings import LOCAL_SCHEME, LOCAL_SCHEME_NAME, NO_FINDING, finding_code
 
 if TYPE_CHECKING:
@@ -93,6 +95,8 @@ def structured_report(boxes: pd.DataFrame, source: Dataset, *, model: str, path:
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True)
     join_study(sr, source)
     new_series(sr, SERIES_DESCRIPTION, SERIES_NUMBER, model=model, source=source, anatomy=False)
+    if is_chest(source):  # not in the SR IOD (dciodvfy: a warning, "Standard Extended"), but PACS route on it
+        sr.BodyPartExamined = CHEST
     sr.CodingSchemeIdentificationSequence = [_local_scheme()]
     return sr
 

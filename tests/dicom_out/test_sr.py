@@ -93,7 +93,7 @@ def test_sr_joins_the_source_study_as_a_series_of_ours(name, shared_data, tmp_pa
         assert keyword in ds and ds.get(keyword) == source.get(keyword, ""), keyword
     assert ds.SeriesInstanceUID != source.SeriesInstanceUID and ds.SeriesNumber == SERIES_NUMBER
     assert "structured report" in ds.SeriesDescription
-    assert is_ours(ds, MODEL)
+    assert is_ours(ds, MODEL) and ds.BodyPartExamined == "CHEST" and "Laterality" not in ds
     assert ds.PatientAge in ("062Y", "081Y")  # the sources say "62" and "81": written as Age Strings
     schemes = {item.CodingSchemeDesignator for item in ds.CodingSchemeIdentificationSequence}
     assert LOCAL_SCHEME in schemes
