@@ -14,7 +14,13 @@ from _dicom3tools import dciodvfy_errors
 from hybridcxr.analyzer import Analysis
 from hybridcxr.detect.predict import Detection
 from hybridcxr.dicom_out.identity import is_ours
-from hybridcxr.dicom_out.sr import CALL_IDENTIFIER, NO_BOXES_IDENTIFIER, SERIES_NUMBER, sr_from_analysis, sr_from_detection
+from hybridcxr.dicom_out.sr import (
+    CALL_IDENTIFIER,
+    NO_BOXES_IDENTIFIER,
+    SERIES_NUMBER,
+    sr_from_analysis,
+    sr_from_detection,
+)
 from hybridcxr.dicom_out.study import read_source, save
 from hybridcxr.errors import InputError
 from hybridcxr.findings import CODES, LOCAL_SCHEME, NO_FINDING
