@@ -153,13 +153,15 @@ LOCAL_SCHEME_NAME = "hybridcxr findings"
 _SCT = "SCT"
 
 #: One coded concept per finding of every vocabulary above: (code value, coding scheme designator, meaning).
-#: SNOMED CT where a concept was found in a published source, each cited here:
-#:   [DICOM] PS3.16 context groups, as tabulated in pydicom 3.0's ``pydicom/sr/_concepts_dict.py`` and the
-#:           FHIR rendering bvdh/dicom-terminology-in-fhir (``input/fsh/ValueSet-dicom-cid-*.fsh``);
-#:   [TTE]   som-shahlab/tte-pretraining README, its SNOMED labelling codes (ICLR 2025);
-#:   [OHDSI] OHDSI/Covid-19 ``Vocabulary/Wiki/phenotypes/Pneumonia.md``;
-#:   [FHIR]  SNOMED codings in published FHIR resources found by code search (Tuberculosis, emphysema, fracture).
-#: The local scheme (:data:`LOCAL_SCHEME`) otherwise; a finding's code never changes once written to PACS.
+#: SNOMED CT ("SCT") where the concept was seen in a published source, cited on its row:
+#:   [DICOM] a PS3.16 context group (CID), as tabulated in pydicom 3.0's ``pydicom/sr/_concepts_dict.py`` and
+#:           in bvdh/dicom-terminology-in-fhir (``input/fsh/ValueSet-dicom-cid-*.fsh``);
+#:   [TTE]   the SNOMED labelling codes in the README of "Time-to-event pretraining for 3D medical imaging"
+#:           (Huo et al., ICLR 2025, Stanford Shah lab), with other code tables agreeing;
+#:   [OHDSI] OHDSI/Covid-19 ``Vocabulary/Wiki/phenotypes/Pneumonia.md`` (concept_code 233604007);
+#:   [FHIR]  SNOMED codings in published FHIR resources and SNOMED tooling found by code search, several
+#:           agreeing ("Tuberculosis (disorder)", "Pulmonary emphysema (disorder)", "Fracture of bone (disorder)").
+#: hybridcxr's own scheme (:data:`LOCAL_SCHEME`) where no source was found; a code never changes once in PACS.
 CODES: dict[str, tuple[str, str, str]] = {
     "Aortic enlargement": ("AORTIC-ENLARGE", LOCAL_SCHEME, "Aortic enlargement"),
     "Atelectasis": ("46621007", _SCT, "Atelectasis"),  # [TTE]

@@ -4,8 +4,8 @@ One Comprehensive SR per source image, filed in the source's study (:mod:`hybrid
 
 - each detector box is a planar ROI group (TID 1410): a closed POLYLINE of the box's corners in the source
   image's pixel frame (column, row; 0.0 is the top-left corner of the first pixel, as the detector's boxes
-  are), referencing the source's SOP Instance; its finding a coded concept (:func:`hybridcxr.findings.finding_code`)
-  and its detector score a "Probability" (DCM 122157, no units);
+  are), referencing the source's SOP Instance; its finding a coded concept
+  (:func:`hybridcxr.findings.finding_code`) and its detector score a "Probability" (DCM 122157, no units);
 - each classifier finding is an image-level group (TID 1501): its probability and, as a qualitative
   evaluation "Presence of property" (DCM 121052), Present or Absent (SCT 52101004 / 272519000) at the
   model's threshold; where the classifier has "No finding", one more group (tracking identifier
@@ -15,8 +15,11 @@ One Comprehensive SR per source image, filed in the source's study (:mod:`hybrid
   hash, ``model <16 hex digits>``) as its parameter; the observer context is a device (hybridcxr), never a
   person; the procedure reported is "XR Chest Single View" (LOINC 36554-4, as IHE RAD.IDR codes it).
 
-A detector-only SR (no classifier) of an image without boxes holds one image-level group, ``image: no boxes``,
-of finding type "No finding" (TID 1500 needs at least one). Codes of the local scheme ``99HYBRIDCXR`` are declared in the Coding Scheme Identification Sequence.
+A detector-only SR (no classifier) of an image without boxes holds one image-level group, ``image: no
+boxes``, of finding type "No finding" (TID 1500 needs at least one). Body Part Examined is CHEST where the
+source says chest: the SR IOD has no such attribute (dciodvfy warns: it makes the SR "Standard Extended"),
+but PACS rules route and hang series by it; Laterality is left out (it means nothing for a report). Codes
+of the local scheme ``99HYBRIDCXR`` are declared in the Coding Scheme Identification Sequence.
 
 >>> sr = sr_from_analysis(analysis, pydicom.dcmread("IM0001.dcm"), model=analyzer.model_version)  # doctest: +SKIP
 >>> save(sr, "out/sr/IM0001.dcm")  # doctest: +SKIP
@@ -34,7 +37,7 @@ from pydicom.uid import generate_uid
 
 from hybridcxr import __version__
 from hybridcxr.dicom_out.identity import MANUFACTURER
-from hybridcxr.dicom_out.study import join_study, new_series, require_instance, without_patient
+from hybridcxr.dicom_out.study import CHEST, is_chest, join_study, new_series, require_instance, without_patient
 from hybridcxr.findings import LOCAL_SCHEME, LOCAL_SCHEME_NAME, NO_FINDING, finding_code
 
 if TYPE_CHECKING:
@@ -86,13 +89,15 @@ def structured_report(boxes: pd.DataFrame, source: Dataset, *, model: str, path:
         groups += _image_groups(probabilities, decisions or {}, source, algorithm)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=_device(model)),
-        procedure_reported=hd.sr.CodedConcept(*PROCEDURE), imaging_measurements=groups or [_nothing_found(source, algorithm)],
-        title=codes.DCM.ImagingMeasurementReport)
+        procedure_reported=hd.sr.CodedConcept(*PROCEDURE), title=codes.DCM.ImagingMeasurementReport,
+        imaging_measurements=groups or [_nothing_found(source, algorithm)])
     sr = hd.sr.ComprehensiveSR(
         evidence=[without_patient(source)], content=report, series_instance_uid=hd.UID(), series_number=SERIES_NUMBER,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True)
     join_study(sr, source)
     new_series(sr, SERIES_DESCRIPTION, SERIES_NUMBER, model=model, source=source, anatomy=False)
+    if is_chest(source):  # not in the SR IOD (dciodvfy: a warning, "Standard Extended"), but PACS route on it
+        sr.BodyPartExamined = CHEST
     sr.CodingSchemeIdentificationSequence = [_local_scheme()]
     return sr
 

@@ -19,7 +19,8 @@ beside CHEST. Where the body part is not known to be the chest, none is claimed 
 and empty (unknown), as the condition then asks.
 
 >>> source = read_source("study/IM0001.dcm")  # doctest: +SKIP
->>> join_study(dataset, source); new_series(dataset, "hybridcxr findings (SR)", 9003, model="0123abcd...")  # doctest: +SKIP
+>>> join_study(dataset, source)  # doctest: +SKIP
+>>> new_series(dataset, "hybridcxr findings (SR)", 9003, model="0123456789abcdef", source=source)  # doctest: +SKIP
 """
 
 from __future__ import annotations

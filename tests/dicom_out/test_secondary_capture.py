@@ -12,7 +12,7 @@ from pydicom.uid import UID
 from _dicom3tools import dciodvfy_errors
 
 from hybridcxr.dicom_out.identity import is_ours
-from hybridcxr.dicom_out.secondary_capture import SECONDARY_CAPTURE, export_secondary_capture
+from hybridcxr.dicom_out.secondary_capture import SECONDARY_CAPTURE, export_secondary_capture, sc_from_analysis
 from hybridcxr.dicom_out.study import dicom_age, read_source
 from hybridcxr.errors import RadiographWarning
 from hybridcxr.io import read_radiograph
@@ -232,3 +232,25 @@ def test_png_capture_passes_dciodvfy(tmp_path):
 def test_dicom_age(years, expected):
     assert dicom_age(years) == expected
 
+
+
+def test_sc_from_analysis_draws_the_analysis_into_the_source_study(nih, shared_data, tmp_path):
+    from hybridcxr.analyzer import Analysis
+    from hybridcxr.detect.predict import Detection
+    from hybridcxr.dicom_out.study import save
+    from hybridcxr.viz.overlay import draw_overlay
+
+    boxes = pd.DataFrame([("Cardiomegaly", 0.91, 300.0, 450.0, 700.0, 800.0)],
+                         columns=["finding", "score", "x_min", "y_min", "x_max", "y_max"])
+    probabilities, decisions = {"Cardiomegaly": 0.9, "No finding": 0.1}, {"Cardiomegaly": True, "No finding": False}
+    analysis = Analysis(Detection(nih, boxes), probabilities, decisions, nih.age_years, nih.sex)
+    source = pydicom.dcmread(shared_data / NIH_DICOM)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = sc_from_analysis(analysis, source, model=MODEL)
+    expected = draw_overlay(nih, predictions=boxes, probabilities=probabilities, decisions=decisions,
+                            findings=list(probabilities), title=nih.image_id)
+    assert np.array_equal(ds.pixel_array, expected)
+    assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.PatientID == source.PatientID
+    assert is_ours(ds, MODEL) and ds.BurnedInAnnotation == "YES"
+    assert dciodvfy_errors(save(ds, tmp_path / "sc.dcm")) == []

@@ -14,7 +14,13 @@ from _dicom3tools import dciodvfy_errors
 from hybridcxr.analyzer import Analysis
 from hybridcxr.detect.predict import Detection
 from hybridcxr.dicom_out.identity import is_ours
-from hybridcxr.dicom_out.sr import CALL_IDENTIFIER, NO_BOXES_IDENTIFIER, SERIES_NUMBER, sr_from_analysis, sr_from_detection
+from hybridcxr.dicom_out.sr import (
+    CALL_IDENTIFIER,
+    NO_BOXES_IDENTIFIER,
+    SERIES_NUMBER,
+    sr_from_analysis,
+    sr_from_detection,
+)
 from hybridcxr.dicom_out.study import read_source, save
 from hybridcxr.errors import InputError
 from hybridcxr.findings import CODES, LOCAL_SCHEME, NO_FINDING
@@ -93,7 +99,7 @@ def test_sr_joins_the_source_study_as_a_series_of_ours(name, shared_data, tmp_pa
         assert keyword in ds and ds.get(keyword) == source.get(keyword, ""), keyword
     assert ds.SeriesInstanceUID != source.SeriesInstanceUID and ds.SeriesNumber == SERIES_NUMBER
     assert "structured report" in ds.SeriesDescription
-    assert is_ours(ds, MODEL)
+    assert is_ours(ds, MODEL) and ds.BodyPartExamined == "CHEST" and "Laterality" not in ds
     assert ds.PatientAge in ("062Y", "081Y")  # the sources say "62" and "81": written as Age Strings
     schemes = {item.CodingSchemeDesignator for item in ds.CodingSchemeIdentificationSequence}
     assert LOCAL_SCHEME in schemes
@@ -155,3 +161,14 @@ def test_detector_only_sr_without_boxes_is_valid(shared_data, tmp_path):
     (group,) = read.content.get_image_measurement_groups()
     assert group.tracking_identifier == NO_BOXES_IDENTIFIER and group.finding_type.value == CODES[NO_FINDING][0]
     assert dciodvfy_errors(tmp_path / "empty.dcm") == []
+
+
+def test_a_full_source_dataset_with_pixels_is_taken_as_it_is(shared_data, tmp_path):
+    """The PACS client hands over what it retrieved: the whole instance, pixels and all; it is not changed."""
+    path = shared_data / SIIM
+    source = pydicom.dcmread(path)
+    before = len(source)
+    sr = sr_from_analysis(analysis_of(path), source, model=MODEL)
+    assert len(source) == before and "PixelData" in source and "PixelData" not in sr
+    assert sr.PatientName == source.PatientName
+    assert dciodvfy_errors(save(sr, tmp_path / "sr.dcm")) == []
