@@ -17,6 +17,7 @@ from hybridcxr import __version__
 from hybridcxr.commands import console, default, errors, fail, finish_batch, out, show_progress
 from hybridcxr.config import Fusion, LabelRule
 from hybridcxr.lungs.cli import register as register_lungs
+from hybridcxr.pacs.cli import register_pacs
 
 app = typer.Typer(
     name="hybridcxr",
@@ -148,6 +149,7 @@ evaluate_app = typer.Typer(help="Score predictions against ground truth, the way
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
 register_lungs(app, train_app)  # `train lungs` and `segment` live beside their package (hybridcxr/lungs/cli.py)
+register_pacs(app)  # `pacs` lives beside its package (hybridcxr/pacs/cli.py)
 
 
 @train_app.command("detector")
@@ -203,6 +205,7 @@ def classify(
     dicom: Annotated[bool, typer.Option(help="Also write each overlay as a DICOM Secondary Capture in the source's study (needs --overlay).")] = False,
     truth: Annotated[Path | None, typer.Option(help="Ground-truth boxes to draw dashed on the overlays: a prepared folder or a box table CSV.")] = None,
     heatmap: Annotated[bool, typer.Option(help="Add a Grad-CAM panel of the most likely finding to each overlay (needs --overlay).")] = False,
+    sr: Annotated[bool, typer.Option(help="Write a DICOM Structured Report (TID 1500: boxes, probabilities) per DICOM input as sr/ID.dcm.")] = False,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -237,7 +240,7 @@ def classify(
                           "training split, so the model has not learned them (their probabilities are not "
                           "calibrated evidence)", highlight=False)
         result = classify_files(inputs, analyzer, out_dir, demographics=table, overlay=overlay, heatmap=heatmap,
-                                dicom=dicom, truth=boxes, allow_modality=allow_modality,
+                                dicom=dicom, truth=boxes, sr=sr, allow_modality=allow_modality,
                                 progress=show_progress(progress))
     finish_batch(result)
 
@@ -336,6 +339,7 @@ def detect(
     overlay: Annotated[bool, typer.Option(help="Write box-overlay PNGs for radiologists.")] = False,
     dicom: Annotated[bool, typer.Option(help="Also write each overlay as a DICOM Secondary Capture in the source's study (needs --overlay).")] = False,
     truth: Annotated[Path | None, typer.Option(help="Ground-truth boxes to draw dashed on the overlays: a prepared folder or a box table CSV.")] = None,
+    sr: Annotated[bool, typer.Option(help="Write a DICOM Structured Report (TID 1500: the boxes) per DICOM input as sr/ID.dcm.")] = False,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -353,7 +357,7 @@ def detect(
         detector = Detector.load(weights, device=device)
         boxes = read_truth(truth, None)[0] if truth is not None else None
         result = detect_files(inputs, detector, out_dir, conf=conf, tta=tta, overlay=overlay, dicom=dicom, truth=boxes,
-                              allow_modality=allow_modality, progress=show_progress(progress))
+                              sr=sr, allow_modality=allow_modality, progress=show_progress(progress))
     finish_batch(result)
 
 

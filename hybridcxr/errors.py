@@ -60,3 +60,19 @@ class RadiographWarning(UserWarning):
 
 class DataWarning(UserWarning):
     """Something odd but usable in a dataset table (unknown label, box clipped to the image)."""
+
+
+class PacsError(InputError):
+    """A PACS that cannot be used; ``str(err)`` is ``"<server>: <problem>"``, the server named without credentials."""
+
+
+class PacsUnreachableError(PacsError):
+    """The PACS does not answer (connection refused, timeout) even after the retries."""
+
+
+class PacsAuthError(PacsError):
+    """The PACS refuses our credentials (HTTP 401/403, or a rejected DICOM association)."""
+
+
+class PacsStoreError(PacsError):
+    """The PACS refused to store an object we sent (STOW-RS failure, C-STORE failure status)."""

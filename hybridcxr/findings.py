@@ -141,3 +141,82 @@ def colour(finding: str, findings: tuple[str, ...] | list[str] = VINDR_CXR) -> s
     name = canonical(finding)
     index = findings.index(name) if name in findings else sum(map(ord, name))
     return PALETTE[index % len(PALETTE)]
+
+
+# ------------------------------------------------------------------------------------------------ codes
+LOCAL_SCHEME = "99HYBRIDCXR"
+"""Coding Scheme Designator of hybridcxr's own codes (PS3.3 8.2: a private scheme starts with "99"), for the
+findings no SNOMED CT concept was found for. Each SR we write declares it in its Coding Scheme Identification
+Sequence; a code value there is the finding's name in capitals, 16 characters at most."""
+LOCAL_SCHEME_NAME = "hybridcxr findings"
+
+_SCT = "SCT"
+
+#: One coded concept per finding of every vocabulary above: (code value, coding scheme designator, meaning).
+#: SNOMED CT ("SCT") where the concept was seen in a published source, cited on its row:
+#:   [DICOM] a PS3.16 context group (CID), as tabulated in pydicom 3.0's ``pydicom/sr/_concepts_dict.py`` and
+#:           in bvdh/dicom-terminology-in-fhir (``input/fsh/ValueSet-dicom-cid-*.fsh``);
+#:   [TTE]   the SNOMED labelling codes in the README of "Time-to-event pretraining for 3D medical imaging"
+#:           (Huo et al., ICLR 2025, Stanford Shah lab), with other code tables agreeing;
+#:   [OHDSI] OHDSI/Covid-19 ``Vocabulary/Wiki/phenotypes/Pneumonia.md`` (concept_code 233604007);
+#:   [FHIR]  SNOMED codings in published FHIR resources and SNOMED tooling found by code search, several
+#:           agreeing ("Tuberculosis (disorder)", "Pulmonary emphysema (disorder)", "Fracture of bone (disorder)").
+#: hybridcxr's own scheme (:data:`LOCAL_SCHEME`) where no source was found; a code never changes once in PACS.
+CODES: dict[str, tuple[str, str, str]] = {
+    "Aortic enlargement": ("AORTIC-ENLARGE", LOCAL_SCHEME, "Aortic enlargement"),
+    "Atelectasis": ("46621007", _SCT, "Atelectasis"),  # [TTE]
+    "Calcification": ("CALCIFICATION", LOCAL_SCHEME, "Calcification"),
+    "Cardiomegaly": ("8186001", _SCT, "Cardiomegaly"),  # [TTE]; DICOM CID 12249 (fetal) lists 287272002
+    "Consolidation": ("95436008", _SCT, "Consolidation"),  # [TTE]
+    "ILD": ("ILD", LOCAL_SCHEME, "Interstitial lung disease"),
+    "Infiltration": ("INFILTRATION", LOCAL_SCHEME, "Infiltration"),
+    "Lung Opacity": ("LUNG-OPACITY", LOCAL_SCHEME, "Lung opacity"),
+    "Nodule/Mass": ("NODULE-MASS", LOCAL_SCHEME, "Nodule or mass"),
+    "Other lesion": ("OTHER-LESION", LOCAL_SCHEME, "Other lesion"),
+    "Pleural effusion": ("60046008", _SCT, "Pleural effusion"),  # [DICOM] CID 645, 8134
+    "Pleural thickening": ("PLEURAL-THICK", LOCAL_SCHEME, "Pleural thickening"),
+    "Pneumothorax": ("36118008", _SCT, "Pneumothorax"),  # [DICOM] CID 6105
+    "Pulmonary fibrosis": ("112674009", _SCT, "Fibrosis"),  # [DICOM] CID 6335-6338
+    "Bronchitis": ("BRONCHITIS", LOCAL_SCHEME, "Bronchitis"),
+    "Brocho-pneumonia": ("BRONCHOPNEUMONIA", LOCAL_SCHEME, "Bronchopneumonia"),
+    "Bronchiolitis": ("BRONCHIOLITIS", LOCAL_SCHEME, "Bronchiolitis"),
+    "Situs inversus": ("SITUS-INVERSUS", LOCAL_SCHEME, "Situs inversus"),
+    "Pneumonia": ("233604007", _SCT, "Pneumonia"),  # [OHDSI]
+    "Pleuro-pneumonia": ("PLEUROPNEUMONIA", LOCAL_SCHEME, "Pleuropneumonia"),
+    "Diagphramatic hernia": ("DIAPHRAGM-HERNIA", LOCAL_SCHEME, "Diaphragmatic hernia"),
+    "Tuberculosis": ("56717001", _SCT, "Tuberculosis"),  # [FHIR]
+    "Congenital emphysema": ("CONG-EMPHYSEMA", LOCAL_SCHEME, "Congenital emphysema"),
+    "CPAM": ("CPAM", LOCAL_SCHEME, "Congenital pulmonary airway malformation"),
+    "Hyaline membrane disease": ("HYALINE-MEMBRANE", LOCAL_SCHEME, "Hyaline membrane disease"),
+    "Mediastinal tumor": ("MEDIAST-TUMOR", LOCAL_SCHEME, "Mediastinal tumor"),
+    "Lung tumor": ("LUNG-TUMOR", LOCAL_SCHEME, "Lung tumor"),
+    "Other disease": ("OTHER-DISEASE", LOCAL_SCHEME, "Other disease"),
+    "Effusion": ("60046008", _SCT, "Pleural effusion"),  # [DICOM], as "Pleural effusion"
+    "Mass": ("4147007", _SCT, "Mass"),  # [DICOM] CID 6104
+    "Nodule": ("27925004", _SCT, "Nodule"),  # [DICOM] CID 6102, 6104
+    "Edema": ("19242006", _SCT, "Pulmonary edema"),  # [DICOM] CID 3700
+    "Emphysema": ("87433001", _SCT, "Pulmonary emphysema"),  # [FHIR]
+    "Fibrosis": ("112674009", _SCT, "Fibrosis"),  # [DICOM] CID 6335-6338
+    "Pleural_Thickening": ("PLEURAL-THICK", LOCAL_SCHEME, "Pleural thickening"),
+    "Hernia": ("HERNIA", LOCAL_SCHEME, "Hernia"),
+    "Fracture": ("125605004", _SCT, "Fracture of bone"),  # [FHIR]
+    NO_FINDING: ("NO-FINDING", LOCAL_SCHEME, "No finding"),
+}
+
+
+def finding_code(name: str):
+    """The coded concept of a finding (a highdicom ``CodedConcept``), for DICOM SR and other coded outputs.
+
+    One table (:data:`CODES`) serves every writer, so a finding is coded the same everywhere. Raises KeyError
+    naming the finding where it is in no vocabulary.
+
+    >>> finding_code("Effusion").value, finding_code("Effusion").scheme_designator
+    ('60046008', 'SCT')
+    """
+    from highdicom.sr import CodedConcept  # heavy import: only where a code is written
+
+    key = canonical(name)
+    if key not in CODES:
+        raise KeyError(f"finding {name!r} has no code in hybridcxr.findings.CODES")
+    value, scheme, meaning = CODES[key]
+    return CodedConcept(value, scheme, meaning)

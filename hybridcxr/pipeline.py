@@ -6,6 +6,7 @@
     json/<image_id>.json  one file per image: size, demographics read, boxes, the model card's facts
     submission.csv        VinDr/Kaggle format: image_id, PredictionString ("class score x1 y1 x2 y2 ...")
     skipped.csv           files that could not be read, with the reason
+    sr/<image_id>.dcm     with ``sr``: a DICOM Structured Report (TID 1500) of each DICOM source's findings
 
 Image ids are unique within a batch (:func:`unique_ids`: the file name, or for names that repeat the path
 relative to the inputs' shared folder), and every output carries the file's path beside its id. Every file
@@ -124,34 +125,39 @@ def detection_record(detection: Detection, card: dict) -> dict:
     }
 
 
-def write_overlay(folder: Path, radiograph: Radiograph, *, dicom: bool = False, **drawing: Any) -> Path:
+def write_overlay(folder: Path, radiograph: Radiograph, *, dicom: bool = False, model: str = "",
+                  **drawing: Any) -> Path:
     """Draw one overlay (:func:`~hybridcxr.viz.overlay.draw_overlay` keywords) as ``ID.png``; with ``dicom``
-    also as the Secondary Capture ``ID.dcm`` in the source's study. Returns the PNG's path.
+    also as the Secondary Capture ``ID.dcm`` in the source's study (``model``: the version it cites).
+    Returns the PNG's path.
     """
     from hybridcxr.viz.overlay import draw_overlay, write_png
 
     rgb = draw_overlay(radiograph, **drawing)
     png = write_png(folder / f"{radiograph.image_id}.png", rgb)
     if dicom:
-        from hybridcxr.viz.dicom_export import export_secondary_capture, source_patient_id
+        from hybridcxr.dicom_out.outputs import write_capture
 
-        export_secondary_capture(rgb, radiograph, folder / f"{radiograph.image_id}.dcm",
-                                 patient_id=source_patient_id(radiograph.meta.path) if radiograph.meta.study_uid else None)
+        write_capture(folder / f"{radiograph.image_id}.dcm", rgb, radiograph, model=model)
     return png
 
 
 def detect_files(
     inputs: Sequence[str | Path], detector: Detector, out: str | Path, *, conf: float | None = None,
     tta: bool = False, overlay: bool = False, allow_modality: bool = False, progress: bool = True,
-    dicom: bool = False, truth: pd.DataFrame | None = None,
+    dicom: bool = False, truth: pd.DataFrame | None = None, sr: bool = False,
 ) -> BatchResult:
     """Detect findings on every readable file of ``inputs``; write the outputs listed in the module doc.
 
     ``truth`` (a box table of any images) adds each image's ground-truth boxes to its overlay, dashed.
 
     ``dicom`` (with ``overlay``) also writes each overlay as a DICOM Secondary Capture (``overlays/ID.dcm``)
-    filed in the source's study, to send back to PACS.
+    filed in the source's study, to send back to PACS; ``sr`` writes each DICOM's boxes as a Structured
+    Report (``sr/ID.dcm``, :mod:`hybridcxr.dicom_out.sr`). Both cite the detector card's version.
     """
+    from hybridcxr.dicom_out.outputs import card_version, write_sr
+
+    model = card_version(detector.card)
     out = Path(out)
     paths = collect_inputs(inputs)
     result = BatchResult(out)
@@ -169,8 +175,10 @@ def detect_files(
             tables.append(detection.boxes.assign(path=detection.radiograph.meta.path))
             write_json(out / "json" / f"{image_id}.json", detection_record(detection, detector.card))
             if overlay:
-                write_overlay(out / "overlays", detection.radiograph, dicom=dicom, predictions=detection.boxes,
-                              truth=truth, findings=detector.findings, title=image_id)
+                write_overlay(out / "overlays", detection.radiograph, dicom=dicom, model=model,
+                              predictions=detection.boxes, truth=truth, findings=detector.findings, title=image_id)
+            if sr:
+                write_sr(out / "sr", detection, model=model)
     result.done = len(ids)
     frames = [t for t in tables if len(t)]
     detections = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*PREDICTION_COLUMNS, "path"])
@@ -180,6 +188,8 @@ def detect_files(
     result.outputs["per-image JSON"] = out / "json"
     if overlay:
         result.outputs["overlays"] = out / "overlays"
+    if sr:
+        result.outputs["structured reports"] = out / "sr"
     write_csv(out / "skipped.csv", pd.DataFrame(result.skipped, columns=["path", "reason"]))
     return result
 
@@ -206,15 +216,18 @@ def classify_files(
     inputs: Sequence[str | Path], analyzer: Analyzer, out: str | Path, *,
     demographics: Mapping[str, tuple[float | None, str | None]] | None = None, overlay: bool = False,
     allow_modality: bool = False, progress: bool = True, heatmap: bool = False, dicom: bool = False,
-    truth: pd.DataFrame | None = None,
+    truth: pd.DataFrame | None = None, sr: bool = False,
 ) -> BatchResult:
     """Detect and classify every readable file: predictions.csv, one JSON per image, skipped.csv (+ overlays).
 
     ``heatmap`` (with ``overlay``) adds to each overlay the Grad-CAM panel of its most probable finding
     (:func:`hybridcxr.viz.heatmap.grad_cam`), named in the title; ValueError without ``overlay`` or for a
     classifier that does not use the CNN. ``dicom`` (with ``overlay``) also writes each overlay as a DICOM
-    Secondary Capture and ``truth`` adds ground-truth boxes, as in :func:`detect_files`.
+    Secondary Capture, ``truth`` adds ground-truth boxes and ``sr`` writes Structured Reports (boxes,
+    probabilities and calls), as in :func:`detect_files`; the DICOMs cite the Analyzer's model version.
     """
+    from hybridcxr.dicom_out.outputs import write_sr
+
     if heatmap and not overlay:
         raise ValueError("heatmap=True draws on the overlays: pass overlay=True too")
     if heatmap and "cnn" not in analyzer.config.groups:
@@ -249,15 +262,19 @@ def classify_files(
 
                     top, heat = grad_cam(analyzer, a)
                     title = f"{a.image_id} \u2014 Grad-CAM: {top}"
-                write_overlay(out / "overlays", a.detection.radiograph, dicom=dicom, predictions=a.detection.boxes,
-                              truth=truth, probabilities=a.probabilities, decisions=a.decisions, findings=findings,
-                              heatmap=heat, title=title)
+                write_overlay(out / "overlays", a.detection.radiograph, dicom=dicom, model=analyzer.model_version,
+                              predictions=a.detection.boxes, truth=truth, probabilities=a.probabilities,
+                              decisions=a.decisions, findings=findings, heatmap=heat, title=title)
+            if sr:
+                write_sr(out / "sr", a, model=analyzer.model_version)
     result.done = len(rows)
     columns = ["image_id", "age_years", "sex", *findings, *(f"{f} positive" for f in findings), "path"]
     result.outputs["predictions"] = write_csv(out / "predictions.csv", pd.DataFrame(rows, columns=columns))
     result.outputs["per-image JSON"] = out / "json"
     if overlay:
         result.outputs["overlays"] = out / "overlays"
+    if sr:
+        result.outputs["structured reports"] = out / "sr"
     write_csv(out / "skipped.csv", pd.DataFrame(result.skipped, columns=["path", "reason"]))
     return result
 

@@ -4,5 +4,5 @@ measurements read from its masks (areas, extents, intensities, a cardiothoracic 
 Modules: ``data`` (mask datasets, patient-grouped split), ``augment`` (CXR-safe albumentations), ``model`` (the
 network), ``card`` (the run's JSON card and safetensors weights, checked on load), ``train`` (the training loop,
 resumable), ``predict`` (inference at the original size), ``measures`` (measurements and quality flag),
-``export`` (DICOM Segmentation), ``segment`` (the batch job) and ``cli`` (the commands).
+``segment`` (the batch job) and ``cli`` (the commands); the DICOM Segmentation is ``hybridcxr.dicom_out.seg``.
 """

@@ -99,7 +99,7 @@ def write_outputs(out: Path, radiograph: Radiograph, mask: np.ndarray, segmenter
 
 def _export(path: Path, radiograph: Radiograph, mask: np.ndarray) -> str:
     """The SEG's path, or "not written: why" (a PNG source, no lungs found, a header highdicom refuses)."""
-    from hybridcxr.lungs.export import export_segmentation
+    from hybridcxr.dicom_out.seg import export_segmentation
 
     if not (radiograph.meta.study_uid or radiograph.meta.sop_uid):
         return NOT_DICOM

@@ -4,6 +4,7 @@ Routes::
 
     POST /v1/analyze            multipart field ``file`` (DICOM, PNG or JPEG), optional ``age``, ``sex``
     GET  /v1/overlay/{id}.png   the overlay of a recent analysis (``?boxes=false``: without boxes)
+    GET  /v1/sr/{id}.dcm        the DICOM Structured Report (TID 1500) of a recent analysis of a DICOM upload
     GET  /healthz               liveness; answers while an analysis runs
     GET  /                      a self-contained viewer page (no CDN, nothing downloaded)
     GET  /docs                  the API described from /openapi.json by a local page (no CDN)
@@ -147,6 +148,17 @@ def _add_routes(app: FastAPI, service: AnalysisService) -> None:
             raise ServiceError(404, "unknown_id", "not an analysis id (32 hexadecimal digits)")
         png = await run_in_threadpool(overlay_png, service.stored(analysis_id), boxes=boxes)
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+
+    @v1.get("/sr/{analysis_id}.dcm", response_class=Response, summary="Structured Report of a recent analysis",
+            responses={200: {"content": {"application/dicom": {}}}, 404: {"model": schema.Error}})
+    async def structured_report(analysis_id: str) -> Response:
+        if not _ID.match(analysis_id):
+            raise ServiceError(404, "unknown_id", "not an analysis id (32 hexadecimal digits)")
+        sr = service.stored(analysis_id).sr
+        if sr is None:
+            raise ServiceError(404, "no_sr", "this analysis was of a PNG or JPEG upload: a Structured Report "
+                                             "references a DICOM instance, so there is none")
+        return Response(sr, media_type="application/dicom", headers={"Cache-Control": "private, no-store"})
 
     app.include_router(v1)
 

@@ -1,7 +1,8 @@
 """Recent analyses kept for their overlays: a bounded LRU, so the service's memory does not grow with traffic.
 
 Each entry keeps the radiograph shrunk to the overlay's size as 8-bit grey (at most 1 MiB for the default
-1024 px), its boxes and probabilities, never the float pixels (4 MiB per 1024 px image) or the upload.
+1024 px), its boxes and probabilities and, for a DICOM upload, its Structured Report (a few kB), never the
+float pixels (4 MiB per 1024 px image) or the upload.
 Overlays are drawn on request with :func:`hybridcxr.viz.overlay.draw_overlay`.
 """
 
@@ -29,6 +30,7 @@ class StoredResult:
     probabilities: dict[str, float]
     decisions: dict[str, bool]
     findings: tuple[str, ...]
+    sr: bytes | None = None  # the DICOM SR of a DICOM upload (a few kB), None for PNG/JPEG
 
 
 def shrink(pixels: np.ndarray, max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:

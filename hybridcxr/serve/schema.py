@@ -76,6 +76,8 @@ class Analysis(BaseModel):
     findings: list[Finding] = Field(description="highest probability first")
     boxes: list[Box]
     overlay: Overlay
+    sr: str | None = Field(None, description="URL of the DICOM Structured Report (TID 1500, application/dicom) "
+                                             "of a DICOM upload, in its study; null for PNG and JPEG")
     model: dict = Field(description="the model card's facts: versions, findings, thresholds rule, validation AUROC")
 
 

@@ -22,9 +22,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
+from pydicom.dataset import Dataset
+
+from hybridcxr.dicom_out.study import read_source
 from hybridcxr.errors import (
     MultiFrameError,
     NoPixelDataError,
@@ -90,7 +94,8 @@ class AnalysisService:
         start = time.perf_counter()
         given_age, given_sex = self._checked(analysis_id, lambda: parse_demographics(age, sex))
         with self._slots:  # held while full-resolution pixels are: bounds memory, not only decoding
-            kind, size, radiograph = self._checked(analysis_id, lambda: self._read(upload, content_type, analysis_id))
+            kind, size, radiograph, header = self._checked(analysis_id,
+                                                           lambda: self._read(upload, content_type, analysis_id))
             age_years = given_age if age else radiograph.age_years
             sex_used = given_sex if sex else radiograph.sex
             with self._lock:
@@ -98,24 +103,32 @@ class AnalysisService:
                 analysis = self.analyzer.analyze([detection], [age_years], [sex_used])[0]
             stored = stored_result(radiograph.pixels, detection.boxes, analysis.probabilities, analysis.decisions,
                                    self.analyzer.findings)
+            if header is not None:
+                from hybridcxr.dicom_out.outputs import sr_bytes
+
+                stored = replace(stored, sr=sr_bytes(analysis, header, model=self.analyzer.model_version))
             record = self._record(analysis_id, kind, size, radiograph, analysis, stored,
                                   given=(bool(age), bool(sex)))
-            del radiograph, detection, analysis  # the full-resolution image goes with the slot
+            record["sr"] = f"/v1/sr/{analysis_id}.dcm" if stored.sr else None
+            del radiograph, detection, analysis, header  # the full-resolution image goes with the slot
         self.results.put(analysis_id, stored)
         image = record["image"]
         log.info("analyzed %s: %d bytes, %s %dx%d, %d boxes, %.0f ms", analysis_id, size, kind, image["width"],
                  image["height"], len(record["boxes"]), 1000 * (time.perf_counter() - start))
         return record
 
-    def _read(self, upload: IO[bytes], content_type: str | None, analysis_id: str) -> tuple[str, int, Radiograph]:
-        """Sniff, store under a private temporary name, check the header's size and decode: (kind, bytes, image)."""
+    def _read(self, upload: IO[bytes], content_type: str | None,
+              analysis_id: str) -> tuple[str, int, Radiograph, Dataset | None]:
+        """Sniff, store under a private temporary name, check the header's size and decode: (kind, bytes, image,
+        the DICOM header for the SR or None)."""
         kind = sniff_upload(upload.read(132), content_type)
         upload.seek(0)
         with tempfile.TemporaryDirectory(prefix="hybridcxr-serve-") as folder:
             path = Path(folder) / f"{analysis_id}{_SUFFIX[kind]}"
             size = _copy_limited(upload, path, self.max_upload_bytes)
             _check_pixels(path, kind, self.max_pixels)
-            return kind, size, _decode(path)
+            radiograph = _decode(path)
+            return kind, size, radiograph, read_source(path) if kind == "dicom" else None
 
     @staticmethod
     def _checked(analysis_id: str, step: Callable[[], _T]) -> _T:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import typer
+from _dicom3tools import dciodvfy_errors
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -114,7 +115,8 @@ def test_segment_dicom_segmentation_reads_back(segmented):
         assert seg.StudyInstanceUID == source.StudyInstanceUID
         assert seg.SeriesInstanceUID != source.SeriesInstanceUID
         assert source.SOPInstanceUID in [uids[2] for uids in seg.get_source_image_uids()]
-        assert str(seg.PatientName) == "" and seg.number_of_segments >= 1
+        assert str(seg.PatientName) == str(source.get("PatientName", "")) and seg.number_of_segments >= 1
+        assert dciodvfy_errors(record["dicom_segmentation"]) == []
         labels = [s.SegmentLabel for s in seg.SegmentSequence]
         assert set(labels) <= {"Right lung", "Left lung"}
         written += 1

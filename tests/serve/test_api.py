@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import tempfile
 import threading
 import time
 import warnings
@@ -109,6 +110,47 @@ def test_real_dicom_gives_findings_boxes_demographics_and_model_facts(client, sh
     assert body["model"]["findings"] == card["findings"]
     assert "prepared" not in str(body["model"]), "local training paths are not served"
     assert body["overlay"] == {"url": f"/v1/overlay/{body['id']}.png", "panel": {"width": 1024, "height": 1024}}
+
+
+SIIM = "dicom/siim-acr/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+
+
+@pytest.mark.parametrize("name", [f"{UDACITY}/test1.dcm", SIIM])
+def test_dicom_upload_has_a_structured_report_in_its_study(client, shared_data, name):
+    import highdicom as hd
+    from _dicom3tools import dciodvfy_errors
+
+    from hybridcxr.findings import CODES
+
+    body = post(client, shared_data / name).json()
+    assert body["sr"] == f"/v1/sr/{body['id']}.dcm"
+    response = client.get(body["sr"])
+    assert response.status_code == 200 and response.headers["content-type"] == "application/dicom"
+    sr = hd.sr.srread(io.BytesIO(response.content))
+    source = pydicom.dcmread(shared_data / name, stop_before_pixels=True)
+    assert sr.StudyInstanceUID == source.StudyInstanceUID and sr.PatientID == source.PatientID
+    rois = sr.content.get_planar_roi_measurement_groups()
+    assert len(rois) == len(body["boxes"])
+    for group, box in zip(rois, body["boxes"]):
+        corners = np.asarray(group.roi.value)
+        assert np.allclose([*corners.min(0), *corners.max(0)], [box[k] for k in ("x_min", "y_min", "x_max", "y_max")],
+                           atol=0.5)
+        assert group.finding_type.value == CODES[box["finding"]][0]
+    image = {g.tracking_identifier: g for g in sr.content.get_image_measurement_groups()}
+    for finding in body["findings"]:
+        value = image[f"image: {finding['finding']}"].get_measurements()[0].value
+        assert value == pytest.approx(finding["probability"], abs=1e-5)
+    out = Path(tempfile.mkdtemp()) / "sr.dcm"
+    out.write_bytes(response.content)
+    assert dciodvfy_errors(out) == []
+
+
+def test_png_upload_has_no_structured_report(client, shared_data):
+    body = post(client, shared_data / NIH_PNG).json()
+    assert body["sr"] is None
+    assert_error(client.get(f"/v1/sr/{body['id']}.dcm"), 404, "no_sr", "PNG or JPEG")
+    assert_error(client.get(f"/v1/sr/{'0' * 32}.dcm"), 404, "unknown_id")
+    assert_error(client.get("/v1/sr/not-an-id.dcm"), 404, "unknown_id", "not an analysis id")
 
 
 def test_service_and_cli_analyzer_agree(client, shared_data):

@@ -9,12 +9,18 @@ import pytest
 from PIL import Image
 from pydicom.uid import UID
 
+from _dicom3tools import dciodvfy_errors
+
+from hybridcxr.dicom_out.identity import is_ours
+from hybridcxr.dicom_out.secondary_capture import SECONDARY_CAPTURE, export_secondary_capture, sc_from_analysis
+from hybridcxr.dicom_out.study import dicom_age, read_source
 from hybridcxr.errors import RadiographWarning
 from hybridcxr.io import read_radiograph
-from hybridcxr.viz.dicom_export import SECONDARY_CAPTURE, dicom_age, export_secondary_capture
 from hybridcxr.viz.overlay import draw_overlay
 
 NIH_DICOM = "dicom/nih-udacity/test1.dcm"  # NIH image wrapped as a Secondary Capture, Modality DX, PA
+SIIM_DICOM = "dicom/siim-acr/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"  # CR, with names
+MODEL = "0123456789abcdef"
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 
 
@@ -28,17 +34,26 @@ def overlay_of(radiograph, max_side: int | None = 384) -> np.ndarray:
                         decisions={"Cardiomegaly": True, "Nodule/Mass": False}, max_side=max_side)
 
 
-def export_quietly(rgb, source, path, **kwargs):
+def export_quietly(rgb, radiograph, path, **kwargs):
     """Export with every warning turned into an error: a DICOM source must not warn."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        return export_secondary_capture(rgb, source, path, **kwargs)
+        return export_secondary_capture(rgb, radiograph, path, model=MODEL, source=read_source(radiograph.path),
+                                        **kwargs)
 
 
 def assert_no_identifiers(ds: pydicom.Dataset) -> None:
-    """Names, ids and birth dates are not in the metadata, so they are present (Type 2) and empty."""
+    """A PNG has no names, ids or birth dates, so they are present (Type 2) and empty."""
     for keyword in ("PatientName", "PatientID", "PatientBirthDate"):
         assert keyword in ds and not str(ds[keyword].value or "")
+
+
+def assert_patient_of(ds: pydicom.Dataset, path) -> None:
+    """The patient and study modules are the source's, as it has them (empty where it has none)."""
+    source = pydicom.dcmread(path, stop_before_pixels=True)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyInstanceUID"):
+        assert keyword in ds and ds.get(keyword) == source.get(keyword, ""), keyword
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +88,8 @@ def test_real_dicom_overlay_is_a_secondary_capture_in_the_source_study(nih, tmp_
     assert ds.PhotometricInterpretation == "RGB" and ds.SamplesPerPixel == 3 and ds.BitsStored == 8
     assert ds.SeriesDescription == "hybridcxr findings overlay"
     assert ds.Manufacturer == "hybridcxr" and ds.ManufacturerModelName.startswith("hybridcxr ")
+    assert is_ours(ds, MODEL) and ds.BurnedInAnnotation == "YES"
+    assert ds.BodyPartExamined == "CHEST" and "Laterality" not in ds  # 2C: absent beside an unpaired part
     assert "PixelSpacing" not in ds  # the picture (legend, downscaled panel) has no single spacing
     assert (ds.Rows, ds.Columns) == rgb.shape[:2]
     pixels = ds.pixel_array
@@ -91,7 +108,7 @@ def test_real_dicom_source_is_referenced_and_demographics_copied(nih, tmp_path):
     assert series.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == nih.meta.sop_uid
     assert nih.sex == "M" and nih.age_years == 81.0  # the header says "81": written back the DICOM way
     assert ds.PatientSex == "M" and ds.PatientAge == "081Y"
-    assert_no_identifiers(ds)  # the source has a Patient ID; the metadata does not keep it, so neither do we
+    assert_patient_of(ds, nih.path)
 
 
 def test_export_leaves_no_temporary_files_and_replaces_an_older_file(nih, tmp_path):
@@ -130,7 +147,7 @@ def test_phantom_dicom_round_trips(phantom, tmp_path):
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == header.SeriesInstanceUID
     assert ds.PatientSex == (header.PatientSex or "")
     assert ds.get("PatientAge") == dicom_age(radiograph.age_years)
-    assert_no_identifiers(ds)  # the phantom's PatientName "PHANTOM^n" and PatientID are not copied
+    assert_patient_of(ds, path)  # the phantom's PatientName "PHANTOM^n" and PatientID too
     assert np.array_equal(ds.pixel_array, rgb)
     # the capture reads back through our own reader (Modality OT is a projection modality there)
     again = read_radiograph(tmp_path / "phantom.dcm")
@@ -144,7 +161,7 @@ def test_png_source_starts_a_new_study_with_a_warning(tmp_path):
     assert radiograph.meta.study_uid is None
     rgb = overlay_of(radiograph, max_side=None)
     with pytest.warns(RadiographWarning, match="no Study Instance UID.*new study"):
-        out = export_secondary_capture(rgb, radiograph, tmp_path / "out" / "chest.dcm")
+        out = export_secondary_capture(rgb, radiograph, tmp_path / "out" / "chest.dcm", model=MODEL)
     ds = pydicom.dcmread(out)
     assert UID(ds.StudyInstanceUID).is_valid
     assert "SourceImageSequence" not in ds and "ReferencedSeriesSequence" not in ds
@@ -160,8 +177,8 @@ def test_each_png_export_gets_its_own_study(tmp_path):
     radiograph = read_radiograph(png)
     rgb = overlay_of(radiograph, max_side=None)
     with pytest.warns(RadiographWarning):
-        a = pydicom.dcmread(export_secondary_capture(rgb, radiograph, tmp_path / "a.dcm"))
-        b = pydicom.dcmread(export_secondary_capture(rgb, radiograph, tmp_path / "b.dcm"))
+        a = pydicom.dcmread(export_secondary_capture(rgb, radiograph, tmp_path / "a.dcm", model=MODEL))
+        b = pydicom.dcmread(export_secondary_capture(rgb, radiograph, tmp_path / "b.dcm", model=MODEL))
     assert a.StudyInstanceUID != b.StudyInstanceUID
 
 
@@ -176,16 +193,35 @@ def test_each_png_export_gets_its_own_study(tmp_path):
 )
 def test_not_an_rgb_picture_is_refused_before_anything_is_written(bad, nih, tmp_path):
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
-        export_secondary_capture(bad, nih, tmp_path / "overlay.dcm")
+        export_secondary_capture(bad, nih, tmp_path / "overlay.dcm", model=MODEL)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_custom_descriptions_are_written(nih, tmp_path):
+def test_custom_description_is_written(nih, tmp_path):
     rgb = overlay_of(nih, max_side=128)
-    ds = pydicom.dcmread(export_quietly(rgb, nih, tmp_path / "o.dcm", series_description="AI findings (test)",
-                                        manufacturer_model="hybridcxr test model"))
+    ds = pydicom.dcmread(export_quietly(rgb, nih, tmp_path / "o.dcm", series_description="AI findings (test)"))
     assert ds.SeriesDescription == "AI findings (test)"
-    assert ds.ManufacturerModelName == "hybridcxr test model"
+
+
+@pytest.mark.parametrize("name", [NIH_DICOM, SIIM_DICOM, "dicom/siim-acr/Fake_MONOHR1.dcm",
+                                  "dicom/nih-udacity/test4.dcm"])  # test4: body part RIBCAGE
+def test_capture_passes_dciodvfy(name, shared_data, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RadiographWarning)  # test4's body part
+        radiograph = read_radiograph(shared_data / name)
+    out = export_quietly(overlay_of(radiograph, max_side=256), radiograph, tmp_path / "sc.dcm")
+    assert_patient_of(pydicom.dcmread(out), shared_data / name)
+    assert dciodvfy_errors(out) == []
+
+
+def test_png_capture_passes_dciodvfy(tmp_path):
+    png = tmp_path / "chest.png"
+    Image.fromarray(np.full((130, 130), 90, dtype=np.uint8)).save(png)
+    radiograph = read_radiograph(png)
+    with pytest.warns(RadiographWarning):
+        out = export_secondary_capture(overlay_of(radiograph, max_side=None), radiograph, tmp_path / "c.dcm",
+                                       model=MODEL)
+    assert dciodvfy_errors(out) == []
 
 
 @pytest.mark.parametrize(
@@ -196,3 +232,25 @@ def test_custom_descriptions_are_written(nih, tmp_path):
 def test_dicom_age(years, expected):
     assert dicom_age(years) == expected
 
+
+
+def test_sc_from_analysis_draws_the_analysis_into_the_source_study(nih, shared_data, tmp_path):
+    from hybridcxr.analyzer import Analysis
+    from hybridcxr.detect.predict import Detection
+    from hybridcxr.dicom_out.study import save
+    from hybridcxr.viz.overlay import draw_overlay
+
+    boxes = pd.DataFrame([("Cardiomegaly", 0.91, 300.0, 450.0, 700.0, 800.0)],
+                         columns=["finding", "score", "x_min", "y_min", "x_max", "y_max"])
+    probabilities, decisions = {"Cardiomegaly": 0.9, "No finding": 0.1}, {"Cardiomegaly": True, "No finding": False}
+    analysis = Analysis(Detection(nih, boxes), probabilities, decisions, nih.age_years, nih.sex)
+    source = pydicom.dcmread(shared_data / NIH_DICOM)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = sc_from_analysis(analysis, source, model=MODEL)
+    expected = draw_overlay(nih, predictions=boxes, probabilities=probabilities, decisions=decisions,
+                            findings=list(probabilities), title=nih.image_id)
+    assert np.array_equal(ds.pixel_array, expected)
+    assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.PatientID == source.PatientID
+    assert is_ours(ds, MODEL) and ds.BurnedInAnnotation == "YES"
+    assert dciodvfy_errors(save(ds, tmp_path / "sc.dcm")) == []

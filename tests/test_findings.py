@@ -1,0 +1,38 @@
+"""The findings' code table: every finding of every vocabulary coded once, in a form DICOM accepts."""
+
+from __future__ import annotations
+
+import pytest
+
+from hybridcxr.findings import CODES, LOCAL_SCHEME, NO_FINDING, VOCABULARIES, finding_code
+
+
+def test_every_finding_of_every_vocabulary_has_a_code():
+    names = {NO_FINDING} | {f for vocabulary in VOCABULARIES.values() for f in vocabulary}
+    assert names == set(CODES)
+
+
+def test_codes_fit_dicom_and_use_two_schemes():
+    for name, (value, scheme, meaning) in CODES.items():
+        assert 0 < len(value) <= 16 and 0 < len(meaning) <= 64, name  # Code Value is SH, Code Meaning LO
+        assert scheme in ("SCT", LOCAL_SCHEME), name
+        assert value.isdigit() == (scheme == "SCT"), name  # SNOMED CT ids are digits; ours are words
+    assert LOCAL_SCHEME.startswith("99")  # PS3.3 8.2: private coding schemes start with "99"
+
+
+def test_one_concept_one_meaning():
+    meanings: dict[tuple[str, str], str] = {}
+    for value, scheme, meaning in CODES.values():
+        assert meanings.setdefault((value, scheme), meaning) == meaning
+
+
+@pytest.mark.parametrize(("name", "value"), [("Pleural effusion", "60046008"), ("Effusion", "60046008"),
+                                             ("Pneumothorax", "36118008"), ("Cardiomegaly", "8186001"),
+                                             ("Infiltrate", "INFILTRATION")])
+def test_finding_code(name, value):
+    assert finding_code(name).value == value
+
+
+def test_unknown_finding_is_named():
+    with pytest.raises(KeyError, match="'Unicorn'"):
+        finding_code("Unicorn")
