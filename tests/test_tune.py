@@ -453,7 +453,8 @@ def test_load_tune_data_reads_a_prepared_dataset_and_its_cache(tmp_path):
     rng = np.random.default_rng(0)
     FeatureCache(cache, {"detector": "d", "backbone": "b"}).add(ids, {"yolo": rng.normal(size=(6, 8)), "cnn": rng.normal(size=(6, 4))})
     loaded = load_tune_data(prepared, cache)
-    assert loaded.findings == FINDINGS and loaded.train.image_ids == ids[:4] and loaded.val.image_ids == ids[4:]
+    assert loaded.findings == (*FINDINGS, "No finding"), "the classifier also learns the normal/abnormal output"
+    assert loaded.train.image_ids == ids[:4] and loaded.val.image_ids == ids[4:]
     assert loaded.train.features["yolo"].shape == (4, 8) and loaded.val.features["cnn"].shape == (2, 4)
     assert loaded.train.sex[2] is None and np.isnan(loaded.train.age_years[1])
     with pytest.raises(InputError, match="not a feature cache"):

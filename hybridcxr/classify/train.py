@@ -43,6 +43,7 @@ from hybridcxr.config import classifier_config as classifier_config  # re-export
 from hybridcxr.device import choose_device
 from hybridcxr.errors import DatasetError, InputError
 from hybridcxr.files import read_json_or_none, write_csv
+from hybridcxr.findings import NO_FINDING
 from hybridcxr.layout import ClassifierLayout, PreparedLayout
 from hybridcxr.report.metrics import choose_thresholds
 
@@ -130,7 +131,27 @@ def load_split_data(prepared: Path, cache, findings: tuple[str, ...], split: str
         raise DatasetError(PreparedLayout(prepared).manifest, f"split {split!r} holds no images")
     ids = rows["image_id"].tolist()
     return SplitData(ids, cache.load(ids), rows["age_years"].to_numpy(dtype=float),
-                     [s if isinstance(s, str) else None for s in rows["sex"]], rows[list(findings)].to_numpy(dtype=float))
+                     [s if isinstance(s, str) else None for s in rows["sex"]], split_labels(rows, findings))
+
+
+def split_labels(rows: pd.DataFrame, findings: tuple[str, ...]) -> np.ndarray:
+    """Labels ``(N, C)`` of manifest rows: the findings' columns, and "No finding" from the manifest's
+    ``no_finding`` column where it has one, else 1 where every finding is 0 and 0 where any is 1 (NaN where
+    some are unlabelled and none is positive)."""
+    named = [f for f in findings if f != NO_FINDING]
+    labels = rows[named].to_numpy(dtype=float)
+    if NO_FINDING not in findings:
+        return labels
+    if "no_finding" in rows:
+        normal = rows["no_finding"].to_numpy(dtype=float)
+    else:
+        any_positive = np.nan_to_num(labels, nan=0.0).max(axis=1, initial=0.0) > 0
+        all_known = ~np.isnan(labels).any(axis=1)
+        normal = np.where(any_positive, 0.0, np.where(all_known, 1.0, np.nan))
+    out = np.empty((len(rows), len(findings)))
+    out[:, [findings.index(f) for f in named]] = labels
+    out[:, findings.index(NO_FINDING)] = normal
+    return out
 
 
 def read_manifest(prepared: Path) -> pd.DataFrame:
@@ -141,10 +162,12 @@ def read_manifest(prepared: Path) -> pd.DataFrame:
 
 
 def dataset_findings(prepared: Path) -> tuple[str, ...]:
-    """The findings of a prepared dataset, in its data.yaml order."""
+    """What the classifier learns on a prepared dataset: its findings in data.yaml order, then "No finding"
+    (the normal/abnormal output), reported like any finding."""
     from hybridcxr.detect.train import data_names
 
-    return tuple(data_names(PreparedLayout(prepared).data_yaml))
+    names = tuple(data_names(PreparedLayout(prepared).data_yaml))
+    return names if NO_FINDING in names else (*names, NO_FINDING)
 
 
 def open_models(detector_weights: str | Path, config: Mapping[str, Any], backbone_file: Path | None = None):

@@ -75,7 +75,7 @@ def sr_from_detection(detection: Detection, source: Dataset, *, model: str) -> D
 
 def structured_report(boxes: pd.DataFrame, source: Dataset, *, model: str, path: str = "the source",
                       probabilities: Mapping[str, float] | None = None,
-                      decisions: Mapping[str, bool] | None = None) -> Dataset:
+                      decisions: Mapping[str, bool | None] | None = None) -> Dataset:
     """A TID 1500 Comprehensive SR of ``boxes`` (finding, score, x_min..y_max in source pixels) and, where
     given, image-level ``probabilities`` and ``decisions``; see the module doc for its content."""
     import highdicom as hd
@@ -137,7 +137,7 @@ def _box_group(row: Any, number: int, source: Dataset, algorithm: Any):
         measurements=[_probability(row.score, algorithm)])
 
 
-def _image_groups(probabilities: Mapping[str, float], decisions: Mapping[str, bool], source: Dataset,
+def _image_groups(probabilities: Mapping[str, float], decisions: Mapping[str, bool | None], source: Dataset,
                   algorithm: Any) -> list[Any]:
     """One TID 1501 group per classifier finding (probability, present/absent), and the normal/abnormal call."""
     import highdicom as hd
@@ -147,14 +147,14 @@ def _image_groups(probabilities: Mapping[str, float], decisions: Mapping[str, bo
     groups = []
     for finding, probability in probabilities.items():
         evaluations = []
-        if finding in decisions:
+        if decisions.get(finding) is not None:  # None: a finding the model never learned carries no call
             present = codes.SCT.Present if decisions[finding] else codes.SCT.Absent
             evaluations.append(hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, present))
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"image: {finding}"[:64]),
             finding_type=finding_code(finding), algorithm_id=algorithm, source_images=image,
             measurements=[_probability(probability, algorithm)], qualitative_evaluations=evaluations or None))
-    if NO_FINDING in decisions:
+    if decisions.get(NO_FINDING) is not None:
         call = codes.SCT.Normal if decisions[NO_FINDING] else codes.SCT.Abnormal
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=CALL_IDENTIFIER),

@@ -92,20 +92,22 @@ def write_outputs(out: Path, radiograph: Radiograph, mask: np.ndarray, segmenter
     if overlay:
         record["overlay"] = str(write_overlay(out / "overlays" / f"{image_id}.png", radiograph, mask, measures))
     if dicom:
-        record["dicom_segmentation"] = _export(out / "dicom" / f"{image_id}.dcm", radiograph, mask)
+        record["dicom_segmentation"] = _export(out / "dicom" / f"{image_id}.dcm", radiograph, mask,
+                                              model=str(segmenter.card["weights_sha256"])[:16])
     write_json(out / "json" / f"{image_id}.json", record)
     return {"image_id": image_id, "path": meta.path, "quality": measures.quality, **measures.record()}
 
 
-def _export(path: Path, radiograph: Radiograph, mask: np.ndarray) -> str:
-    """The SEG's path, or "not written: why" (a PNG source, no lungs found, a header highdicom refuses)."""
+def _export(path: Path, radiograph: Radiograph, mask: np.ndarray, *, model: str) -> str:
+    """The SEG's path, or "not written: why" (a PNG source, no lungs found, a header highdicom refuses);
+    ``model``, the lung model's version (its weights' hash), goes into Software Versions."""
     from hybridcxr.dicom_out.seg import export_segmentation
 
     if not (radiograph.meta.study_uid or radiograph.meta.sop_uid):
         return NOT_DICOM
     right, left = split_lungs(mask)
     try:
-        return str(export_segmentation(right, left, radiograph.meta.path, path))
+        return str(export_segmentation(right, left, radiograph.meta.path, path, model=model))
     except HybridCXRError as err:
         return f"not written: {getattr(err, 'problem', str(err))}"
     except (ValueError, TypeError, AttributeError) as err:  # highdicom's checks of the source header

@@ -37,7 +37,8 @@ def test_run_folder_is_self_contained(classifier):
                  "backbone.safetensors", "features/index.csv", "history.csv", "training_curves.png"):
         assert (out / name).is_file(), name
     findings = dataset_findings(folder / "prepared")
-    assert set(card["thresholds"]) == set(findings) and len(findings) == 14
+    assert set(card["thresholds"]) == set(findings) and len(findings) == 15 and findings[-1] == "No finding"
+    assert card["findings"] == list(findings)
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == list(range(1, len(history) + 1))
     assert {"train_loss", "val_loss", "val_macro_auroc"} <= set(history.columns)
@@ -105,7 +106,7 @@ def test_classify_reports_each_files_own_demographics(classifier, shared_data, t
     assert set(np.unique(predictions[[f"{f} positive" for f in learned]])) <= {0, 1}
     assert predictions[[f"{f} positive" for f in card["unlearned"]]].isna().all().all(), "no decision: empty"
     record = json.loads((tmp_path / "c" / "json" / "test1.json").read_text())
-    assert len(record["findings"]) == 14 and "PatientName" not in json.dumps(record)
+    assert len(record["findings"]) == 15 and "PatientName" not in json.dumps(record)
 
 
 def test_classify_with_given_demographics(classifier, shared_data, tmp_path):
@@ -163,3 +164,14 @@ def test_end_to_end_batches_can_go_to_worker_processes():
     collate = pickle.loads(pickle.dumps(_Collate(32)))
     images, rows = collate([(torch.rand(40, 30), 3), (torch.rand(20, 50), 7)])
     assert images.shape == (2, 3, 32, 32) and rows.tolist() == [3, 7]
+
+
+def test_no_finding_is_learned_from_the_manifest_or_from_no_positive_finding():
+    from hybridcxr.classify.train import split_labels
+
+    rows = pd.DataFrame({"A": [1, 0, 0, np.nan, np.nan], "B": [0, 0, np.nan, 1, np.nan]})
+    labels = split_labels(rows, ("A", "B", "No finding"))
+    np.testing.assert_array_equal(labels[:, 2], [0, 1, np.nan, 0, np.nan])
+    rows["no_finding"] = [0, 0, 1, 0, 1]  # a dataset's own label wins
+    np.testing.assert_array_equal(split_labels(rows, ("A", "B", "No finding"))[:, 2], [0, 0, 1, 0, 1])
+    assert split_labels(rows, ("A", "B")).shape == (5, 2)

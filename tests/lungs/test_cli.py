@@ -99,7 +99,7 @@ def test_segment_json_and_quality(segmented):
     assert (png["measurements"] is None) == (png["quality"] != "ok")
 
 
-def test_segment_dicom_segmentation_reads_back(segmented):
+def test_segment_dicom_segmentation_reads_back(segmented, real_lungs):
     import highdicom as hd
     import pydicom
 
@@ -117,6 +117,10 @@ def test_segment_dicom_segmentation_reads_back(segmented):
         assert source.SOPInstanceUID in [uids[2] for uids in seg.get_source_image_uids()]
         assert str(seg.PatientName) == str(source.get("PatientName", "")) and seg.number_of_segments >= 1
         assert dciodvfy_errors(record["dicom_segmentation"]) == []
+        from hybridcxr.dicom_out.identity import is_ours
+        from hybridcxr.lungs.card import read_card
+
+        assert is_ours(seg, str(read_card(real_lungs.folder)["weights_sha256"])[:16]), "the lung model's version"
         labels = [s.SegmentLabel for s in seg.SegmentSequence]
         assert set(labels) <= {"Right lung", "Left lung"}
         written += 1

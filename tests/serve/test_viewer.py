@@ -125,7 +125,7 @@ def test_upload_shows_overlay_and_findings_table(page, server, dicom, tmp_path, 
     _upload(page, server, dicom)
     assert page.is_visible("#overlay") and page.is_visible("#findings")
     rows = page.locator("#findings tbody tr.finding")
-    assert rows.count() == 14
+    assert rows.count() == 15  # VinDr-CXR's 14 findings and "No finding"
     first = rows.nth(0).locator("td").nth(2).inner_text()
     assert 0.0 <= float(first) <= 1.0
     assert "boxes" in page.inner_text("#status") and "error" not in (page.get_attribute("#status", "class") or "")
@@ -173,4 +173,4 @@ def test_boxes_are_drawn_from_the_json_and_toggled_per_finding(page, server, dic
     page.check("#all-boxes")
     assert box.first.is_visible() and toggle.is_checked()
     others = page.locator("#findings tbody tr.finding input.toggle:disabled")
-    assert others.count() == 13, "findings without boxes have nothing to toggle"
+    assert others.count() == 14, "findings without boxes (and No finding) have nothing to toggle"
