@@ -62,6 +62,8 @@ class BackboneName(StrEnum):
     """The CNN whose embedding the fusion head reads."""
     resnet18 = "resnet18"
     densenet121 = "densenet121"
+    xrv_densenet121 = "xrv-densenet121-res224-all"
+    xrv_resnet50 = "xrv-resnet50-res512-all"
 
 
 class Head(StrEnum):
