@@ -156,3 +156,30 @@ def test_gcn_head_trains_on_phantoms_as_well_as_the_mlp(tiny_classifier):
     scores = _mean_aurocs(train, val, findings, (0, 1, 2), epochs=40, patience=40, hidden=[32], gcn_dim=32,
                           device="cpu")
     assert scores["gcn"] >= scores["mlp"] - 0.02, scores
+
+
+@pytest.mark.slow
+def test_train_classifier_cli_with_head_gcn_then_classify(tiny_classifier, tiny_detector, tmp_path: Path):
+    """`hybridcxr train classifier ... head=gcn` (on the cached features of another run), then `classify` with it."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from hybridcxr.cli import app
+
+    phantom = tiny_detector[0]
+    folder, first, _ = tiny_classifier
+    runner = CliRunner()
+    out = tmp_path / "gcn-run"
+    result = runner.invoke(app, ["train", "classifier", "--data", str(folder / "prepared"), "--detector",
+                                 str(folder / "run"), "--out", str(out), "backbone_size=64", "epochs=4", "hidden=[32]",
+                                 "head=gcn", "gcn_dim=16", f"cache={first / 'features'}", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    card = json.loads((out / "model" / "card.json").read_text())
+    assert card["head"] == "gcn" and card["train_config"]["head"] == "gcn" and card["gcn"]["dim"] == 16
+    assert len(card["gcn"]["adjacency"]) == len(card["findings"])
+    result = runner.invoke(app, ["classify", str(phantom / "test"), "--model", str(out), "--out",
+                                 str(tmp_path / "c"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    predictions = pd.read_csv(tmp_path / "c" / "predictions.csv")
+    assert len(predictions) == len(list((phantom / "test").iterdir()))
+    assert ((predictions[card["findings"]] >= 0) & (predictions[card["findings"]] <= 1)).all().all()
