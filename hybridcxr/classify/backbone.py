@@ -210,22 +210,16 @@ def build_backbone(name: BackboneName = "resnet18", weights: str | Path | None =
     imagenet = isinstance(weights, str) and weights.lower() == "imagenet"
     if name in XRV_MODELS and imagenet:
         raise ValueError(f"{name} has no ImageNet weights: leave the weights unset for torchxrayvision's own")
-    if weights is None and name in XRV_MODELS:
-        state, why = _xrv_state_dict(name)
-        if state is None:
-            _warn_random(name, why)
-        else:
-            backbone.load_weights(state, source=_xrv_cache_file(name))
-            backbone.weights_source = "torchxrayvision"
-    elif weights is None:
+    if weights is None and name not in XRV_MODELS:
         _warn_random(name, "no weights were given")
-    elif imagenet:
-        state, why = _imagenet_state_dict(name)
+    elif weights is None or imagenet:  # a library's own weights: torchxrayvision's, or torchvision's ImageNet ones
+        xrv = weights is None
+        state, why = _xrv_state_dict(name) if xrv else _imagenet_state_dict(name)
         if state is None:
             _warn_random(name, why)
         else:
-            backbone.load_weights(state, source=_imagenet_cache_file(name))
-            backbone.weights_source = "imagenet"
+            backbone.load_weights(state, source=(_xrv_cache_file if xrv else _imagenet_cache_file)(name))
+            backbone.weights_source = "torchxrayvision" if xrv else "imagenet"
     else:
         path = Path(weights)
         pickled_model = name in XRV_MODELS and path.suffix != ".safetensors"  # e.g. torchxrayvision's own file

@@ -305,7 +305,7 @@ class FusionHead(nn.Module):
 
     def forward(self, features: Mapping[str, torch.Tensor | np.ndarray]) -> torch.Tensor:
         """Logits ``(N, len(findings))`` from ``{group: (N, dims[group])}``."""
-        weight = self.mlp[0].weight
+        weight = next(self.parameters())  # where and in which dtype the head runs (a gcn head may have no MLP)
         blocks, n = [], None
         for g in self.config.groups:
             if g not in features:

@@ -43,8 +43,9 @@ def test_graph_survives_unseen_findings_and_unlabelled_entries():
 
 
 def _config(**kwargs) -> FusionConfig:
-    return FusionConfig(findings=FINDINGS, groups=("cnn", "age", "sex"), dims={"cnn": 12}, hidden=(16,),
-                        head="gcn", gcn_dim=8, adjacency=label_graph(LABELS).tolist(), **kwargs)
+    settings = {"hidden": (16,), **kwargs}
+    return FusionConfig(findings=FINDINGS, groups=("cnn", "age", "sex"), dims={"cnn": 12}, head="gcn", gcn_dim=8,
+                        adjacency=label_graph(LABELS).tolist(), **settings)
 
 
 def _inputs(config: FusionConfig, n: int = 5) -> dict[str, torch.Tensor]:
@@ -65,6 +66,9 @@ def test_gcn_head_forward_shapes_and_classifiers_from_the_graph():
     logits = head(_inputs(config))
     fused = head.mlp(torch.cat([_inputs(config)[g] for g in config.groups], dim=1))
     torch.testing.assert_close(logits, fused @ gcn().T + head.bias)
+    linear = FusionHead(_config(hidden=())).eval()  # no hidden layer: classifiers over the fused vector itself
+    assert len(linear.mlp) == 0 and linear.gcn().shape == (len(FINDINGS), 12 + 2 + 3)
+    assert linear(_inputs(config)).shape == (5, len(FINDINGS))
     # classifiers mix along the graph only: A's embedding reaches B's classifier, not C's or the unseen D's
     before = gcn().detach().clone()
     with torch.no_grad():
