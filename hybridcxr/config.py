@@ -62,6 +62,14 @@ class BackboneName(StrEnum):
     """The CNN whose embedding the fusion head reads."""
     resnet18 = "resnet18"
     densenet121 = "densenet121"
+    xrv_densenet121 = "xrv-densenet121-res224-all"
+    xrv_resnet50 = "xrv-resnet50-res512-all"
+
+
+class Head(StrEnum):
+    """What reads the fused vector: an MLP, or ML-GCN's label-graph classifiers."""
+    mlp = "mlp"
+    gcn = "gcn"
 
 
 class PosWeight(StrEnum):
@@ -197,6 +205,10 @@ class ClassifierConfig(JobConfig):
     hidden: list[int]
     dropout: float
     layer_norm: bool
+    head: Head
+    gcn_dim: int
+    gcn_tau: float
+    gcn_p: float
     lr: float
     weight_decay: float
     batch_size: int
@@ -298,6 +310,9 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("classifier", "crop_margin"): (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
     ("classifier", "hidden"): (lambda v: all(0 < w <= 65536 for w in v), "widths between 1 and 65536"),
     ("classifier", "dropout"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("classifier", "gcn_dim"): (lambda v: 0 < v <= 65536, "between 1 and 65536"),
+    ("classifier", "gcn_tau"): (lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("classifier", "gcn_p"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("classifier", "lr"): (lambda v: v > 0, "positive"),
     ("classifier", "backbone_size"): (lambda v: 32 <= v <= 2048, "between 32 and 2048"),
     ("detector", "imgsz"): (lambda v: 32 <= v <= 4096, "between 32 and 4096"),

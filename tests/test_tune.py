@@ -117,11 +117,12 @@ def test_space_labels_decode_to_classifier_overrides():
     space = load_space(tune_settings())
     trial = optuna.trial.FixedTrial({"lr": 3e-3, "weight_decay": 1e-5, "hidden": "512-128", "dropout": 0.1,
                                      "layer_norm": True, "groups": "cnn+age+sex", "pos_weight": "sqrt-inverse",
-                                     "loss": "focal", "batch_size": 128})
+                                     "loss": "focal", "batch_size": 128, "head": "gcn"})
     overrides = suggest(trial, space)
     assert overrides["hidden"] == [512, 128] and overrides["groups"] == ["cnn", "age", "sex"]
     assert overrides["pos_weight"] == "sqrt-inverse" and overrides["layer_norm"] is True
-    assert classifier_config(overrides)["hidden"] == [512, 128]
+    assert classifier_config(overrides)["hidden"] == [512, 128] and classifier_config(overrides).head == "gcn"
+    assert set(space["head"].choices) == {"mlp", "gcn"}
     assert all(isinstance(label, (str, int, float, bool)) or label is None
                for p in space.values() if p.kind == "categorical" for label in p.choices)
     assert "none" in space["hidden"].choices and space["hidden"].choices["none"] == []

@@ -1,7 +1,7 @@
 """Benchmark the fusion classifier: real NIH data end to end, phantom accuracy, and `classify` speed.
 
     python tools/bench_classifier.py [--out runs/bench_classifier] [--det-epochs 10] [--skip-nih]
-                                     [--lungs-model runs/bench_lungs] [--only-lungs]
+                                     [--lungs-model runs/bench_lungs] [--only-lungs] [--head mlp|gcn]
 
 1. NIH (../shared/data/nih, 477 real images, patient-grouped split): prepare, train the detector on the
    boxed images (NIH + ChestX-Det10 boxes, fused), train the classifier, evaluate it on the test split with
@@ -12,7 +12,8 @@
    ``lungs`` feature group, the CNN on the lung-field crop, and both. Each is scored on the same test split;
    the table gives test AUROC per finding for the four variants, and the macro mean.
 2. Phantoms: the classifier on the phantoms of tools/bench_detector.py (its prepared folder and detector, made
-   if absent): validation macro AUROC, which should be at least 0.9 where findings are visible.
+   if absent): validation macro AUROC, which should be at least 0.9 where findings are visible. ``--head gcn``
+   trains the label-graph head instead (its own run folder, the same cached features), to compare the two.
 3. Speed: images/s of `hybridcxr classify` (one decode per image, detector + CNN + head, batched) against a
    naive baseline that runs ultralytics' `YOLO.predict` on each file and a separate torchvision ResNet-18 that
    reads the file again, in its own process. Same weights and files; the ratio is the number to watch.
@@ -130,13 +131,16 @@ def phantoms(args: argparse.Namespace) -> Path:
     if not (bench / "run" / "weights" / "best.json").is_file():
         run([sys.executable, str(REPO / "tools" / "bench_detector.py"), "--out", str(bench), "--n", "400",
              "--epochs", "60", "--imgsz", "320"])
-    cls = Path(args.out) / "phantom-classifier"
+    cls = Path(args.out) / ("phantom-classifier" if args.head == "mlp" else f"phantom-classifier-{args.head}")
+    features = Path(args.out) / "phantom-classifier" / "features"  # one cache for both heads (same CNN, detector)
     if not (cls / "model" / "card.json").is_file():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            train_classifier(bench / "prepared", bench / "run", cls, classifier_config(), progress=False)
+            train_classifier(bench / "prepared", bench / "run", cls,
+                             classifier_config({"head": args.head, "cache": str(features)}), progress=False)
     card = json.loads((cls / "model" / "card.json").read_text())
-    print(f"RESULT phantom validation macro AUROC = {card['val_macro_auroc']:.4f} (best epoch {card['best_epoch']})")
+    print(f"RESULT phantom validation macro AUROC ({args.head} head) = {card['val_macro_auroc']:.4f} "
+          f"(best epoch {card['best_epoch']})")
     return cls
 
 
@@ -172,6 +176,7 @@ def main() -> None:
     parser.add_argument("--skip-nih", action="store_true")
     parser.add_argument("--lungs-model", default="runs/bench_lungs", help="a lung run (tools/bench_lungs.py's --out)")
     parser.add_argument("--only-lungs", action="store_true", help="only the NIH lung-field table (1b)")
+    parser.add_argument("--head", choices=["mlp", "gcn"], default="mlp", help="the phantom classifier's head (2)")
     args = parser.parse_args()
     if not NIH.is_dir():
         sys.exit(f"real samples not found at {NIH}")

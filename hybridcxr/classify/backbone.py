@@ -1,14 +1,26 @@
-"""CNN image embedding: torchvision's ResNet-18 or DenseNet-121 without its classifier, global-average pooled.
+"""CNN image embedding: a CNN without its classifier, global-average pooled.
+
+The CNNs: torchvision's ResNet-18 (512-d) and DenseNet-121 (1024-d), and two chest X-ray models of
+torchxrayvision (an optional extra, ``pip install 'hybridcxr[xrv]'``, imported only when asked for):
+``xrv-densenet121-res224-all`` (its DenseNet-121 trained at 224 px on eight public CXR datasets, 1024-d, the
+``features2`` output: ReLU and average pooling after ``norm5``) and ``xrv-resnet50-res512-all`` (its ResNet-50
+trained at 512 px, 2048-d, the pooled ``layer4`` output; set ``input_size=512`` to match). These read one
+channel scaled to [-1024, 1024], the library's own scaling.
 
 Weights come from a local file (a torchvision ``state_dict`` saved with ``torch.save``, loaded with
 ``weights_only=True`` so nothing is unpickled beyond tensors, or a ``.safetensors`` file), from torchvision's
 ImageNet weights when they are already in the torch hub cache (or can be downloaded), or nowhere: then the
 network keeps its random initialisation and one :class:`BackboneWeightsWarning` says how to supply weights.
+A torchxrayvision backbone without a weights file takes the library's weights from its cache folder
+(``~/.torchxrayvision/models_data/``), or downloads them there when online, with the same fallback; its
+DenseNet file is a whole pickled model, read with ``weights_only=True`` allowing only torch, torchvision and
+torchxrayvision module classes.
 Nothing here waits on a network: with ``HYBRIDCXR_OFFLINE`` set no connection is tried,
 and otherwise one short probe (bounded by :data:`PROBE_TIMEOUT_S`) decides whether to try the download.
 
 Pixels are prepared in one place, :func:`to_backbone_input`: grey radiographs (float in [0, 1]) are
-letterboxed to a square, repeated to three channels and normalised with the ImageNet mean and std.
+letterboxed to a square, then repeated to three channels and normalised with the ImageNet mean and std (the
+torchvision CNNs), or kept as one channel scaled to [-1024, 1024] (the torchxrayvision ones).
 
 >>> backbone = build_backbone("resnet18", weights=None)  # doctest: +SKIP
 >>> embed(backbone, [radiograph.pixels]).shape  # doctest: +SKIP
@@ -17,27 +29,40 @@ letterboxed to a square, repeated to three channels and normalised with the Imag
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import io
 import os
+import pickle
+import pickletools
 import re
 import socket
 import threading
+import types
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybridcxr.errors import InputError
+from hybridcxr.errors import ConfigError, InputError
 
-BackboneName = Literal["resnet18", "densenet121"]
+BackboneName = Literal["resnet18", "densenet121", "xrv-densenet121-res224-all", "xrv-resnet50-res512-all"]
+Scaling = Literal["imagenet", "xrv"]
 
 #: Embedding width of each supported backbone (the features its classifier layer would have read).
-EMBED_DIMS: dict[str, int] = {"resnet18": 512, "densenet121": 1024}
+EMBED_DIMS: dict[str, int] = {"resnet18": 512, "densenet121": 1024, "xrv-densenet121-res224-all": 1024,
+                              "xrv-resnet50-res512-all": 2048}
+#: The torchxrayvision backbones: their weights' name in that library and the side they were trained at.
+XRV_MODELS: dict[str, tuple[str, int]] = {"xrv-densenet121-res224-all": ("densenet121-res224-all", 224),
+                                          "xrv-resnet50-res512-all": ("resnet50-res512-all", 512)}
+#: torchxrayvision's pixel range: black is -XRV_RANGE, white +XRV_RANGE (its ``utils.normalize``).
+XRV_RANGE = 1024.0
 #: torchvision's ImageNet weights of each backbone; the file name is what the torch hub cache stores.
 IMAGENET_URLS: dict[str, str] = {
     "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
@@ -53,7 +78,8 @@ PROBE_TIMEOUT_S = 2.0
 DEFAULT_SIZE = 224
 
 # Classifier layers of the torchvision models: dropped from loaded state_dicts, replaced by nn.Identity.
-_CLASSIFIER = {"resnet18": "fc", "densenet121": "classifier"}
+_CLASSIFIER = {"resnet18": "fc", "densenet121": "classifier", "xrv-densenet121-res224-all": "classifier",
+               "xrv-resnet50-res512-all": "fc"}
 # torchvision's DenseNet files use the old key names ("norm.1" for "norm1"); torchvision renames them the same way.
 _DENSENET_OLD_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
@@ -65,30 +91,35 @@ class BackboneWeightsWarning(UserWarning):
 
 
 class Backbone(nn.Module):
-    """A torchvision CNN whose forward pass returns the pooled embedding ``(N, dim)`` instead of logits.
+    """A CNN whose forward pass returns the pooled embedding ``(N, dim)`` instead of logits.
 
     Build one with :func:`build_backbone`, which also loads weights; the constructor alone gives a randomly
     initialised network without any warning.
 
     Attributes:
-        name: ``"resnet18"`` or ``"densenet121"``.
-        dim: embedding width (512 or 1024).
-        weights_source: where the weights came from: a file path, ``"imagenet"`` or ``"random"``.
+        name: one of :data:`EMBED_DIMS`.
+        dim: embedding width (512, 1024 or 2048).
+        weights_source: where the weights came from: a file path, ``"imagenet"``, ``"torchxrayvision"`` or
+            ``"random"``.
         input_size: the square side :func:`embed` resizes images to.
+        scaling: ``"imagenet"`` (three channels, ImageNet mean/std) or ``"xrv"`` (one channel in [-1024, 1024]).
     """
 
     def __init__(self, name: BackboneName = "resnet18", input_size: int = DEFAULT_SIZE) -> None:
         super().__init__()
         _check_name(name)
-        import torchvision.models as tvm
-
-        body = tvm.resnet18(weights=None) if name == "resnet18" else tvm.densenet121(weights=None)
+        body = _make_body(name)
         setattr(body, _CLASSIFIER[name], nn.Identity())
         self.body = body
         self.name: str = name
         self.dim: int = EMBED_DIMS[name]
         self.weights_source: str = "random"
         self.input_size = int(input_size)
+        self.scaling: Scaling = input_scaling(name)
+
+    def prepare(self, pixels: np.ndarray | torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Grey pixels in [0, 1] as this CNN's input batch: :func:`to_backbone_input` with its scaling."""
+        return to_backbone_input(pixels, size or self.input_size, self.scaling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed a batch ``(N, 3, H, W)`` prepared by :func:`to_backbone_input` into ``(N, dim)``."""
@@ -125,9 +156,9 @@ class Backbone(nn.Module):
                 raise InputError(source, f"entry {key!r} is not a tensor: not a state_dict")
             for prefix in ("module.", "body."):
                 key = key.removeprefix(prefix)
-            if key.split(".", 1)[0] == _CLASSIFIER[self.name]:
+            if key.split(".", 1)[0] == _CLASSIFIER[self.name] or key == "op_threshs":  # xrv's thresholds
                 continue
-            if self.name == "densenet121":
+            if "densenet121" in self.name:
                 key = _DENSENET_OLD_KEY.sub(r"\1\2", key)
             cleaned[key] = value
         own = self.body.state_dict()
@@ -151,11 +182,14 @@ def build_backbone(name: BackboneName = "resnet18", weights: str | Path | None =
     """Build a backbone and load its weights, never waiting on the network.
 
     Args:
-        name: ``"resnet18"`` (512-d embedding) or ``"densenet121"`` (1024-d).
+        name: ``"resnet18"`` (512-d embedding), ``"densenet121"`` (1024-d), ``"xrv-densenet121-res224-all"``
+            (1024-d) or ``"xrv-resnet50-res512-all"`` (2048-d); the last two need torchxrayvision.
         weights: a local ``state_dict`` file (``.pth``/``.pt``, loaded with ``weights_only=True``) or
             ``.safetensors`` file; ``"imagenet"`` for torchvision's ImageNet weights (from the torch hub
             cache, or downloaded when online and not forbidden by ``HYBRIDCXR_OFFLINE``);
-            ``None`` for random initialisation. Without weights one :class:`BackboneWeightsWarning` is issued.
+            ``None`` for random initialisation, except for a torchxrayvision backbone, where it means the
+            library's weights (from its cache folder, or downloaded like the ImageNet ones). Without weights
+            one :class:`BackboneWeightsWarning` is issued.
         input_size: the square side images are resized to before embedding.
         seed: seeds the random initialisation (without touching the global RNG), so two runs with one seed
             start from the same CNN; None draws from torch's global generator.
@@ -164,30 +198,39 @@ def build_backbone(name: BackboneName = "resnet18", weights: str | Path | None =
         The backbone in eval mode on the CPU.
 
     Raises:
-        ValueError: for an unknown ``name``.
+        ValueError: for an unknown ``name``, or ``"imagenet"`` for a torchxrayvision backbone.
         InputError: for a weights file that is missing, unreadable or of another architecture.
+        ConfigError: for a torchxrayvision backbone where that library is not installed.
     """
     _check_name(name)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         backbone = Backbone(name, input_size=input_size)
-    if weights is None:
+    imagenet = isinstance(weights, str) and weights.lower() == "imagenet"
+    if name in XRV_MODELS and imagenet:
+        raise ValueError(f"{name} has no ImageNet weights: leave the weights unset for torchxrayvision's own")
+    if weights is None and name not in XRV_MODELS:
         _warn_random(name, "no weights were given")
-    elif isinstance(weights, str) and weights.lower() == "imagenet":
-        state, why = _imagenet_state_dict(name)
+    elif weights is None or imagenet:  # a library's own weights: torchxrayvision's, or torchvision's ImageNet ones
+        xrv = weights is None
+        state, why = _xrv_state_dict(name) if xrv else _imagenet_state_dict(name)
         if state is None:
             _warn_random(name, why)
         else:
-            backbone.load_weights(state, source=_imagenet_cache_file(name))
-            backbone.weights_source = "imagenet"
+            backbone.load_weights(state, source=(_xrv_cache_file if xrv else _imagenet_cache_file)(name))
+            backbone.weights_source = "torchxrayvision" if xrv else "imagenet"
     else:
-        backbone.load_weights(_read_state_dict(Path(weights)), source=weights)
+        path = Path(weights)
+        pickled_model = name in XRV_MODELS and path.suffix != ".safetensors"  # e.g. torchxrayvision's own file
+        backbone.load_weights(read_torch_weights(path) if pickled_model else _read_state_dict(path), source=weights)
     return backbone.eval()
 
 
-def to_backbone_input(pixels: np.ndarray | torch.Tensor, size: int = DEFAULT_SIZE) -> torch.Tensor:
-    """Turn grey radiograph pixels into a normalised three-channel batch ``(N, 3, size, size)``.
+def to_backbone_input(pixels: np.ndarray | torch.Tensor, size: int = DEFAULT_SIZE,
+                      scaling: Scaling = "imagenet") -> torch.Tensor:
+    """Turn grey radiograph pixels into a normalised batch: ``(N, 3, size, size)``, or ``(N, 1, size, size)``
+    for torchxrayvision's models.
 
     Each image is scaled (bilinear, antialiased) so that its longer side is ``size`` and centred on a square
     of zeros (letterbox). Letterboxing rather than a plain resize keeps the anatomy's proportions: a
@@ -195,14 +238,18 @@ def to_backbone_input(pixels: np.ndarray | torch.Tensor, size: int = DEFAULT_SIZ
     and portrait and landscape films would otherwise be distorted differently. The zero padding is black,
     like the air and collimation around a radiograph. The grey channel is then repeated three times and
     normalised with :data:`IMAGENET_MEAN`/:data:`IMAGENET_STD`: channel ``c`` holds
-    ``(pixel - IMAGENET_MEAN[c]) / IMAGENET_STD[c]``.
+    ``(pixel - IMAGENET_MEAN[c]) / IMAGENET_STD[c]``. With ``scaling="xrv"`` the grey channel stays alone and
+    is scaled as torchxrayvision's ``utils.normalize`` does, ``(2 * pixel - 1) * 1024`` (black padding: -1024).
 
     Args:
         pixels: float pixels in [0, 1], shaped ``(H, W)``, ``(N, H, W)`` or ``(N, 1, H, W)``; numpy or torch.
         size: side of the square output.
+        scaling: ``"imagenet"`` (torchvision's CNNs) or ``"xrv"`` (torchxrayvision's); see
+            :attr:`Backbone.scaling`.
 
     Returns:
-        A float32 tensor ``(N, 3, size, size)`` on the input's device (CPU for numpy input).
+        A float32 tensor ``(N, 3, size, size)`` (``(N, 1, size, size)`` for ``"xrv"``) on the input's device
+        (CPU for numpy input).
 
     Raises:
         ValueError: for another shape, integer pixels, values outside [0, 1] or NaN.
@@ -238,6 +285,10 @@ def to_backbone_input(pixels: np.ndarray | torch.Tensor, size: int = DEFAULT_SIZ
     x = x.clamp(0.0, 1.0)
     top, left = (size - new_h) // 2, (size - new_w) // 2
     x = F.pad(x, (left, size - new_w - left, top, size - new_h - top), value=0.0)
+    if scaling == "xrv":
+        return (2.0 * x - 1.0) * XRV_RANGE
+    if scaling != "imagenet":
+        raise ValueError(f"scaling must be imagenet or xrv, got {scaling!r}")
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x.expand(-1, 3, -1, -1) - mean) / std
@@ -267,7 +318,7 @@ def embed(backbone: Backbone, images: Sequence[np.ndarray | torch.Tensor], batch
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 chunk = images[start:start + batch_size]
-                batch = torch.cat([to_backbone_input(image, size) for image in chunk]).to(device)
+                batch = torch.cat([backbone.prepare(image, size) for image in chunk]).to(device)
                 out[start:start + len(chunk)] = backbone(batch).float().cpu().numpy()
     finally:
         backbone.train(was_training)
@@ -277,9 +328,47 @@ def embed(backbone: Backbone, images: Sequence[np.ndarray | torch.Tensor], batch
 # ------------------------------------------------------------------------------------------------ weights
 
 
+def input_scaling(name: str) -> Scaling:
+    """How :func:`to_backbone_input` scales pixels for the backbone ``name`` (see :attr:`Backbone.scaling`)."""
+    _check_name(name)
+    return "xrv" if name in XRV_MODELS else "imagenet"
+
+
 def _check_name(name: str) -> None:
     if name not in EMBED_DIMS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(EMBED_DIMS)}")
+
+
+def _make_body(name: str) -> nn.Module:
+    """The randomly initialised network of ``name``, its classifier still in place."""
+    import torchvision.models as tvm
+
+    if name == "resnet18":
+        return tvm.resnet18(weights=None)
+    if name == "densenet121":
+        return tvm.densenet121(weights=None)
+    xrv = import_xrv(name)
+    if name == "xrv-densenet121-res224-all":
+        return xrv.models.DenseNet(weights=None)  # one input channel, 18 outputs; forward: features2, classifier
+    # xrv.models.ResNet cannot be built without its weights file: build the network it wraps, as it does.
+    body = tvm.resnet50(weights=None, num_classes=len(xrv.models.model_urls[XRV_MODELS[name][0]]["labels"]))
+    body.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return body
+
+
+def import_xrv(name: str = "a torchxrayvision backbone"):
+    """The ``torchxrayvision`` module, imported late (an optional extra); ConfigError saying how to install it.
+
+    Its import turns every warning off process-wide (``warnings.filterwarnings("ignore")`` in its models
+    module), so it is imported inside ``catch_warnings``, which puts the filters back.
+    """
+    with warnings.catch_warnings():
+        try:
+            import torchxrayvision
+        except ImportError as err:
+            raise ConfigError(f"backbone={name}", f"needs torchxrayvision, an optional extra ({err}): "
+                                                  "pip install 'hybridcxr[xrv]'") from None
+    return torchxrayvision
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -307,23 +396,163 @@ def _imagenet_cache_file(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_URLS[name].rsplit("/", 1)[-1]
 
 
+def _no_download(url: str, missing: str) -> str | None:
+    """Why ``url`` must not be downloaded (an offline switch, or its host out of reach), or None to go ahead."""
+    offline = [var for var in OFFLINE_ENV if os.environ.get(var, "").strip().lower() not in ("", "0", "false")]
+    if offline:
+        return f"{missing} and {offline[0]} is set"
+    host = url.split("/")[2]
+    if not _can_reach(host):
+        return f"{missing} and {host} cannot be reached"
+    return None
+
+
 def _imagenet_state_dict(name: str) -> tuple[dict[str, torch.Tensor] | None, str]:
     """The ImageNet state_dict from the hub cache or a download; (None, why) where neither works."""
     cached = _imagenet_cache_file(name)
     if cached.is_file():
         return _read_state_dict(cached), ""
-    offline = [var for var in OFFLINE_ENV if os.environ.get(var, "").strip().lower() not in ("", "0", "false")]
-    if offline:
-        return None, f"ImageNet weights are not in the torch hub cache ({cached}) and {offline[0]} is set"
-    host = IMAGENET_URLS[name].split("/")[2]
-    if not _can_reach(host):
-        return None, f"ImageNet weights are not in the torch hub cache ({cached}) and {host} cannot be reached"
+    why = _no_download(IMAGENET_URLS[name], f"ImageNet weights are not in the torch hub cache ({cached})")
+    if why is not None:
+        return None, why
     try:
         state = torch.hub.load_state_dict_from_url(IMAGENET_URLS[name], map_location="cpu", progress=False,
                                                    check_hash=True, weights_only=True)
     except Exception as err:  # noqa: BLE001 - a failed download falls back like an offline machine
         return None, f"downloading ImageNet weights failed ({type(err).__name__}: {err})"
     return dict(state), ""
+
+
+def _xrv_url(name: str) -> str:
+    return import_xrv(name).models.model_urls[XRV_MODELS[name][0]]["weights_url"]
+
+
+def _xrv_cache_file(name: str) -> Path:
+    """Where torchxrayvision keeps (or would keep) the weights of ``name``: its cache folder, the URL's file name."""
+    return Path(import_xrv(name).utils.get_cache_dir()).expanduser() / _xrv_url(name).rsplit("/", 1)[-1]
+
+
+def _xrv_state_dict(name: str) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """torchxrayvision's weights from its cache folder or a download into it; (None, why) where neither works."""
+    cached, url = _xrv_cache_file(name), _xrv_url(name)
+    if not cached.is_file():
+        why = _no_download(url, f"torchxrayvision's weights are not in its cache folder ({cached})")
+        if why is not None:
+            return None, why
+        try:
+            from hybridcxr.files import write_atomic
+
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cached, lambda tmp: torch.hub.download_url_to_file(url, str(tmp), progress=False))
+        except Exception as err:  # noqa: BLE001 - a failed download falls back like an offline machine
+            return None, f"downloading torchxrayvision's weights failed ({type(err).__name__}: {err})"
+    return read_torch_weights(cached), ""
+
+
+def read_torch_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The state_dict of a ``torch.save`` file holding a state_dict or a whole pickled model, never unpickling
+    anything but tensors and torch/torchvision/torchxrayvision module classes.
+
+    torchxrayvision's DenseNet weights are such a pickled model (that library loads them with
+    ``weights_only=False``). A zip-format file is read with ``weights_only=True``, allowing the module classes
+    its pickle names (found by reading its opcodes, not running them). torch's ``weights_only`` reader cannot
+    read a legacy-format (torch < 1.6) pickled model, so such a file goes through a restricted unpickler
+    instead (:class:`_ModuleUnpickler`: the same module classes and the tensor and container types, nothing
+    else), the one place a ``torch.load`` runs without ``weights_only``.
+    """
+    if not path.is_file():
+        raise InputError(path, "no such weights file")
+    try:
+        if zipfile.is_zipfile(path):
+            allowed = [obj for obj in map(_module_class, _pickle_globals(path)) if obj is not None]
+            with torch.serialization.safe_globals(allowed):
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # SourceChangeWarning: the library's classes changed since
+                loaded = torch.load(path, map_location="cpu", weights_only=False,  # restricted, see above
+                                    pickle_module=_RESTRICTED_PICKLE)
+    except Exception as err:  # noqa: BLE001 - every reader failure means the same to the user
+        raise InputError(path, f"cannot read weights ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                               "expected a torch.save state_dict or model") from err
+    if isinstance(loaded, nn.Module):
+        for module in loaded.modules():  # pickles of torch < 1.6 lack it (as torchxrayvision patches too)
+            if not hasattr(module, "_non_persistent_buffers_set"):
+                module._non_persistent_buffers_set = set()
+        loaded = loaded.state_dict()
+    if not isinstance(loaded, Mapping):
+        raise InputError(path, f"holds a {type(loaded).__name__}, not a state_dict or a model")
+    return dict(loaded)
+
+
+_MODULE_PACKAGES = ("torch.nn.", "torchvision.models.", "torchxrayvision.")
+#: What else a legacy pickled model may name: containers and torch's tensor rebuilders (storages are resolved
+#: by torch's own reader before the unpickler is asked).
+_PICKLE_SAFE: dict[str, Any] = {
+    "collections.OrderedDict": collections.OrderedDict, "builtins.set": set, "__builtin__.set": set,
+    "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+    "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
+    "torch._utils._rebuild_tensor": torch._utils._rebuild_tensor,
+}
+
+
+class _ModuleUnpickler(pickle.Unpickler):
+    """An unpickler that finds only :data:`_PICKLE_SAFE` and the module classes :func:`_module_class` allows."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        """The allowed global ``module.name``; UnpicklingError for anything else."""
+        qualified = f"{module}.{name}"
+        found = _PICKLE_SAFE.get(qualified) or _module_class(qualified)
+        if found is None:
+            raise pickle.UnpicklingError(f"refusing to load {qualified}: not a tensor, container or model layer")
+        return found
+
+
+_RESTRICTED_PICKLE = types.SimpleNamespace(
+    __name__="hybridcxr-restricted-pickle", Unpickler=_ModuleUnpickler,
+    load=lambda file, **kwargs: _ModuleUnpickler(file, **kwargs).load())
+
+
+def _module_class(qualified: str):
+    """The class ``qualified`` names when it is an nn.Module of torch, torchvision or torchxrayvision (or the
+    backend function old torch pickles name); None otherwise (torch's unpickler then decides alone)."""
+    import importlib
+
+    module_name, _, attr = qualified.rpartition(".")
+    if not qualified.startswith(_MODULE_PACKAGES):
+        return None
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError):
+        return None
+    if qualified == "torch.nn.backends.thnn._get_thnn_function_backend":
+        return obj
+    return obj if isinstance(obj, type) and issubclass(obj, nn.Module) else None
+
+
+def _pickle_globals(path: Path) -> set[str]:
+    """``module.name`` of every global a ``torch.save`` file's pickle refers to, read statically (not run)."""
+    with open(path, "rb") as f:
+        if zipfile.is_zipfile(f):
+            with zipfile.ZipFile(f) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                return _globals_in(io.BytesIO(archive.read(names[0])), 1) if names else set()
+        f.seek(0)
+        return _globals_in(f, 4)  # the legacy format: magic number, protocol, system info, then the object
+
+
+def _globals_in(stream, pickles: int) -> set[str]:
+    found: set[str] = set()
+    strings: list[str] = []
+    for _ in range(pickles):
+        for op, arg, _ in pickletools.genops(stream):
+            if op.name in ("GLOBAL", "INST"):
+                found.add(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.add(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    return found
 
 
 def _can_reach(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -348,6 +577,13 @@ def _can_reach(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> 
 
 
 def _warn_random(name: str, why: str) -> None:
+    if name in XRV_MODELS:
+        cache = _xrv_cache_file(name)
+        warnings.warn(BackboneWeightsWarning(
+            f"{name}: using randomly initialised weights because {why}; its embeddings carry little information. "
+            f"Copy {_xrv_url(name)} to {cache} (torchxrayvision's cache folder), or supply weights='/path/to/"
+            f"{cache.name}'."), stacklevel=3)
+        return
     cache = _imagenet_cache_file(name)
     warnings.warn(BackboneWeightsWarning(
         f"{name}: using randomly initialised weights because {why}; its embeddings carry little information. "

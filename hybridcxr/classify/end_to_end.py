@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from hybridcxr.classify.backbone import Backbone, to_backbone_input
+from hybridcxr.classify.backbone import Backbone, Scaling, input_scaling, to_backbone_input
 from hybridcxr.classify.fusion import FusionConfig, FusionHead
 from hybridcxr.classify.loop import (
     HeadResult,
@@ -55,11 +55,11 @@ class _Images(torch.utils.data.Dataset):
 class _Collate:
     """Letterbox a batch of grey images for the CNN (a class, not a closure: DataLoader workers pickle it)."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, size: int, scaling: Scaling = "imagenet") -> None:
+        self.size, self.scaling = size, scaling
 
     def __call__(self, items):
-        return (torch.cat([to_backbone_input(pixels, self.size) for pixels, _ in items]),
+        return (torch.cat([to_backbone_input(pixels, self.size, self.scaling) for pixels, _ in items]),
                 torch.tensor([i for _, i in items]))
 
 
@@ -99,7 +99,8 @@ class _Step:
 
 def _loaders(train_paths: list[Path], val_paths: list[Path], config: ClassifierConfig, cuda: bool):
     """DataLoaders of the prepared PNGs: worker processes and pinned memory on CUDA, in-process on the CPU."""
-    args = {"batch_size": config.e2e_batch_size, "collate_fn": _Collate(config.backbone_size), "pin_memory": cuda,
+    collate = _Collate(config.backbone_size, input_scaling(config.backbone))
+    args = {"batch_size": config.e2e_batch_size, "collate_fn": collate, "pin_memory": cuda,
             "num_workers": config.e2e_workers if cuda else 0}
     return (torch.utils.data.DataLoader(_Images(train_paths), shuffle=True, drop_last=False, **args),
             torch.utils.data.DataLoader(_Images(val_paths), shuffle=False, **args))

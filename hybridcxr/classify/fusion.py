@@ -9,6 +9,11 @@ Feature groups (any non-empty subset, always concatenated in this order):
 - ``"age"``: standardised age and a missing flag (2 inputs), from :func:`encode_demographics`;
 - ``"sex"``: one-hot ``M``, ``F``, missing (3 inputs), from :func:`encode_demographics`.
 
+Two heads read the fused vector (``FusionConfig.head``): ``"mlp"``, hidden layers then one Linear to the
+logits, and ``"gcn"``, the same hidden layers (the projection of the fused vector) and, per finding, the dot
+product of their output with a classifier that ML-GCN's label graph makes from learned label embeddings, plus a
+bias (:mod:`hybridcxr.classify.gcn`; the graph comes from the training labels and lives in the config).
+
 The ``yolo``, ``cnn`` and ``lungs`` groups are standardised inside the head with the training set's per-feature mean and
 std (buffers, so they travel with the weights); age is standardised by :func:`encode_demographics` with the
 ``age_mean``/``age_std`` of the :class:`FusionConfig`, so every normalisation constant lives in the config
@@ -43,6 +48,7 @@ import torch
 from torch import nn
 
 import hybridcxr
+from hybridcxr.classify.gcn import DEFAULT_P, DEFAULT_TAU, LabelGCN, label_graph
 from hybridcxr.errors import DataWarning, InputError
 from hybridcxr.files import file_sha256, read_model_card, write_atomic, write_json
 from hybridcxr.io.demographics import MAX_AGE_YEARS, parse_sex
@@ -57,6 +63,8 @@ STANDARDISED: tuple[str, ...] = ("yolo", "cnn", "lungs")
 FIXED_DIMS: dict[str, int] = {"age": 2, "sex": 3}
 #: Columns of the sex block.
 SEX_COLUMNS: tuple[str, ...] = ("M", "F", "missing")
+#: The heads over the fused vector: an MLP, or ML-GCN's label-graph classifiers.
+HEADS: tuple[str, ...] = ("mlp", "gcn")
 #: Standard deviations below this count as constant features and divide by 1 instead.
 MIN_STD = 1e-6
 
@@ -65,7 +73,8 @@ CARD_FILE = "card.json"
 KIND = "hybridcxr fusion head"
 CARD_VERSION = 1
 _RESERVED = frozenset({"kind", "card_version", "weights", "weights_sha256", "findings", "groups", "dims",
-                       "input_dim", "hidden", "dropout", "layer_norm", "normalisation", "versions", "saved_at"})
+                       "input_dim", "hidden", "dropout", "layer_norm", "normalisation", "versions", "saved_at",
+                       "head", "gcn"})
 
 
 @dataclass
@@ -84,6 +93,13 @@ class FusionConfig:
         age_std: training-set age standard deviation in years.
         feature_mean: per-feature means of ``yolo``/``cnn`` (lists); zeros where not given.
         feature_std: per-feature standard deviations of ``yolo``/``cnn`` (lists); ones where not given.
+        head: ``"mlp"`` or ``"gcn"`` (the label-graph head).
+        gcn_dim: width of the gcn head's label embeddings and graph hidden layer (its per-finding classifiers
+            have the width of the last hidden layer, or of the input without one).
+        gcn_tau: the threshold the label graph was binarised at (recorded; :func:`FusionConfig.fit` uses it).
+        gcn_p: the neighbours' share the label graph was re-weighted with (recorded, as ``gcn_tau``).
+        adjacency: the gcn head's ``(C, C)`` label graph (lists, rows in ``findings`` order), from
+            :func:`~hybridcxr.classify.gcn.label_graph`; required for ``head="gcn"``, None for ``"mlp"``.
     """
 
     findings: tuple[str, ...]
@@ -96,6 +112,11 @@ class FusionConfig:
     age_std: float = 20.0
     feature_mean: dict[str, list[float]] = field(default_factory=dict)
     feature_std: dict[str, list[float]] = field(default_factory=dict)
+    head: str = "mlp"
+    gcn_dim: int = 256
+    gcn_tau: float = DEFAULT_TAU
+    gcn_p: float = DEFAULT_P
+    adjacency: list[list[float]] | None = None
 
     def __post_init__(self) -> None:
         self.findings = tuple(str(f) for f in ([self.findings] if isinstance(self.findings, str) else self.findings))
@@ -135,6 +156,27 @@ class FusionConfig:
             if any(s <= 0 for s in stds[g]):
                 raise ValueError(f"feature_std[{g!r}] must be positive")
         self.feature_mean, self.feature_std = means, stds
+        self._check_head()
+
+    def _check_head(self) -> None:
+        """The head's own settings: a known head, and for ``gcn`` a positive width and a (C, C) label graph."""
+        self.head = str(self.head)
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        self.gcn_dim, self.gcn_tau, self.gcn_p = int(self.gcn_dim), float(self.gcn_tau), float(self.gcn_p)
+        if self.head == "mlp":
+            self.adjacency = None
+            return
+        if self.gcn_dim < 1:
+            raise ValueError(f"gcn_dim must be positive, got {self.gcn_dim}")
+        if self.adjacency is None:
+            raise ValueError("a gcn head needs its label graph: adjacency=label_graph(training labels), "
+                             "or FusionConfig.fit(..., labels=training labels)")
+        a = np.asarray(self.adjacency, dtype=np.float64)
+        c = len(self.findings)
+        if a.shape != (c, c) or not np.isfinite(a).all():
+            raise ValueError(f"adjacency must be a finite ({c}, {c}) matrix, got shape {a.shape}")
+        self.adjacency = a.tolist()
 
     @property
     def input_dim(self) -> int:
@@ -143,7 +185,7 @@ class FusionConfig:
 
     @classmethod
     def fit(cls, findings: Iterable[str], features: Mapping[str, np.ndarray], age_years: Iterable[Any] | None = None,
-            groups: Iterable[str] = DEFAULT_GROUPS, **kwargs: Any) -> FusionConfig:
+            groups: Iterable[str] = DEFAULT_GROUPS, labels: np.ndarray | None = None, **kwargs: Any) -> FusionConfig:
         """A config whose dims and normalisation come from the training set's features and ages.
 
         Args:
@@ -152,7 +194,9 @@ class FusionConfig:
                 standardised groups used.
             age_years: training ages (None/NaN for unknown); the defaults are kept where none is known.
             groups: the feature groups to use.
-            **kwargs: other :class:`FusionConfig` fields (hidden, dropout, layer_norm).
+            labels: ``(N, C)`` training labels; a gcn head's label graph is built from them (with ``gcn_tau``
+                and ``gcn_p``) unless ``adjacency`` is given.
+            **kwargs: other :class:`FusionConfig` fields (hidden, dropout, layer_norm, head, gcn_*).
         """
         groups = tuple(groups)
         dims, means, stds = {}, {}, {}
@@ -172,6 +216,9 @@ class FusionConfig:
             if len(known):
                 kwargs.setdefault("age_mean", float(known.mean()))
                 kwargs.setdefault("age_std", float(known.std()) if known.std() > MIN_STD else 1.0)
+        if kwargs.get("head") == "gcn" and kwargs.get("adjacency") is None and labels is not None:
+            kwargs["adjacency"] = label_graph(labels, kwargs.get("gcn_tau", DEFAULT_TAU),
+                                              kwargs.get("gcn_p", DEFAULT_P)).tolist()
         return cls(findings=tuple(findings), groups=groups, dims=dims, feature_mean=means, feature_std=stds,
                    **kwargs)
 
@@ -190,6 +237,9 @@ class FusionConfig:
                 "features": {g: {"mean": self.feature_mean[g], "std": self.feature_std[g]}
                              for g in self.feature_mean},
             },
+            "head": self.head,
+            "gcn": None if self.head == "mlp" else {"dim": self.gcn_dim, "tau": self.gcn_tau, "p": self.gcn_p,
+                                                    "adjacency": self.adjacency},
         }
 
     @classmethod
@@ -198,12 +248,15 @@ class FusionConfig:
         norm = data["normalisation"]
         features = norm.get("features", {})
         _check_sizes(data)
+        gcn = data.get("gcn") or {}
         return cls(
             findings=tuple(data["findings"]), groups=tuple(data["groups"]), dims=dict(data["dims"]),
             hidden=tuple(data["hidden"]), dropout=data["dropout"], layer_norm=data.get("layer_norm", False),
             age_mean=norm["age"]["mean"], age_std=norm["age"]["std"],
             feature_mean={g: v["mean"] for g, v in features.items()},
             feature_std={g: v["std"] for g, v in features.items()},
+            head=data.get("head", "mlp"), gcn_dim=gcn.get("dim", 256), gcn_tau=gcn.get("tau", DEFAULT_TAU),
+            gcn_p=gcn.get("p", DEFAULT_P), adjacency=gcn.get("adjacency"),
         )
 
 
@@ -214,6 +267,8 @@ def _check_sizes(data: Mapping[str, Any]) -> None:
     """Refuse a card whose layer widths, input dims or finding count are not sane positive integers."""
     sizes = {"hidden": list(data["hidden"]), "dims": list(dict(data["dims"]).values()),
              "findings": [len(data["findings"])]}
+    if data.get("head") == "gcn":
+        sizes["gcn.dim"] = [(data.get("gcn") or {}).get("dim")]
     for name, values in sizes.items():
         for value in values:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_WIDTH:
@@ -221,7 +276,7 @@ def _check_sizes(data: Mapping[str, Any]) -> None:
 
 
 class FusionHead(nn.Module):
-    """Standardise ``yolo``/``cnn`` features, concatenate the groups, MLP, one logit per finding.
+    """Standardise ``yolo``/``cnn`` features, concatenate the groups, MLP or label-graph head, one logit per finding.
 
     ``forward`` takes a mapping group -> ``(N, dims[group])`` tensor (numpy arrays are converted); groups the
     head does not use are ignored, so one feature dict can feed heads of different subsets.
@@ -241,12 +296,16 @@ class FusionHead(nn.Module):
                 layers.append(nn.LayerNorm(size))
             layers += [nn.ReLU(), nn.Dropout(config.dropout)]
             width = size
-        layers.append(nn.Linear(width, len(config.findings)))
+        if config.head == "gcn":  # the hidden layers project; the label graph makes a classifier per finding
+            self.gcn = LabelGCN(config.adjacency, config.gcn_dim, width)
+            self.bias = nn.Parameter(torch.zeros(len(config.findings)))
+        else:
+            layers.append(nn.Linear(width, len(config.findings)))
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, features: Mapping[str, torch.Tensor | np.ndarray]) -> torch.Tensor:
         """Logits ``(N, len(findings))`` from ``{group: (N, dims[group])}``."""
-        weight = self.mlp[0].weight
+        weight = next(self.parameters())  # where and in which dtype the head runs (a gcn head may have no MLP)
         blocks, n = [], None
         for g in self.config.groups:
             if g not in features:
@@ -260,7 +319,8 @@ class FusionHead(nn.Module):
             if g in self.config.feature_mean:
                 x = (x - getattr(self, f"{g}_mean")) / getattr(self, f"{g}_std")
             blocks.append(x)
-        return self.mlp(torch.cat(blocks, dim=1))
+        fused = self.mlp(torch.cat(blocks, dim=1))
+        return fused if self.config.head == "mlp" else fused @ self.gcn().T + self.bias
 
 
 def feature_stats(features: np.ndarray) -> tuple[list[float], list[float]]:
@@ -438,6 +498,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         for stat in ("mean", "std"):
             if not torch.equal(own[f"{g}_{stat}"], tensors[f"{g}_{stat}"]):
                 raise InputError(card_path, f"the {g!r} normalisation differs from the one in {WEIGHTS_FILE}")
+    if config.head == "gcn" and not torch.equal(own["gcn.adjacency"], tensors["gcn.adjacency"]):
+        raise InputError(card_path, f"the label graph differs from the one in {WEIGHTS_FILE}")
     head.load_state_dict(tensors, strict=True)
     return head.to(device).eval(), config, card
 

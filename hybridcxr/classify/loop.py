@@ -221,11 +221,14 @@ def _restore_rng(tensors: Mapping[str, Any], meta: Mapping[str, Any], rng: np.ra
 
 
 def fit_fusion(train: SplitData, findings: tuple[str, ...], config: Mapping[str, Any]) -> FusionConfig:
-    """The fusion head's shape for ``config``, with its input standardisation fitted on the training split."""
+    """The fusion head's shape for ``config``, with its input standardisation (and a gcn head's label graph)
+    fitted on the training split."""
     groups = tuple(config["groups"])
     return FusionConfig.fit(findings, {g: train.features[g] for g in groups if g in STANDARDISED},
                             age_years=train.age_years, groups=groups, hidden=tuple(config["hidden"]),
-                            dropout=config["dropout"], layer_norm=config["layer_norm"])
+                            dropout=config["dropout"], layer_norm=config["layer_norm"], labels=train.labels,
+                            head=str(config["head"]), gcn_dim=config["gcn_dim"], gcn_tau=config["gcn_tau"],
+                            gcn_p=config["gcn_p"])
 
 
 def make_optimizer(param_groups: Iterable[dict[str, Any]], config: Mapping[str, Any]):

@@ -101,7 +101,6 @@ def grad_cam(analyzer: Any, analysis: Any, finding: str | None = None) -> tuple[
     Raises:
         ValueError: the classifier does not use the CNN, or ``finding`` is not one it predicts.
     """
-    from hybridcxr.classify.backbone import to_backbone_input
     from hybridcxr.classify.fusion import assemble_inputs
 
     config = analyzer.config
@@ -138,7 +137,7 @@ def grad_cam(analyzer: Any, analysis: Any, finding: str | None = None) -> tuple[
         for p in params:
             p.requires_grad_(False)
         with torch.inference_mode(False), torch.enable_grad():
-            x = to_backbone_input(pixels, backbone.input_size).to(device).requires_grad_(True)
+            x = backbone.prepare(pixels).to(device).requires_grad_(True)
             square = _cam(model, target_layer(backbone), x, index)
     finally:
         for p, flag in zip(params, flags):

@@ -295,3 +295,111 @@ def test_bad_weights_raise_input_errors_naming_the_file(tmp_path: Path, resnet: 
 
     with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
         build_backbone("vgg16")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------ torchxrayvision backbones
+
+XRV = ["xrv-densenet121-res224-all", "xrv-resnet50-res512-all"]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("a pickle may name any callable",))
+
+
+@pytest.fixture()
+def xrv_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty home, so torchxrayvision's cache folder (``~/.torchxrayvision/models_data``) is ours alone."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path / "home" / ".torchxrayvision" / "models_data"
+
+
+def test_xrv_scaling_is_one_channel_in_plus_minus_1024() -> None:
+    pixels = np.zeros((20, 40), dtype=np.float32)
+    pixels[:, :20] = 1.0
+    x = to_backbone_input(pixels, size=40, scaling="xrv")
+    assert x.shape == (1, 1, 40, 40)
+    assert float(x.min()) == -bb.XRV_RANGE and float(x.max()) == bb.XRV_RANGE  # black (and padding), white
+    assert float(x[0, 0, 0, 0]) == -bb.XRV_RANGE  # the letterbox padding is black too
+    assert to_backbone_input(pixels, size=40).shape == (1, 3, 40, 40)  # torchvision's CNNs are unchanged
+
+
+@pytest.mark.parametrize("name", XRV)
+def test_xrv_backbone_builds_offline_with_random_weights(name: str, no_network: list[object], xrv_home: Path,
+                                                         tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backbone = build_backbone(name, input_size=64, seed=0)
+    assert [type(w.message) for w in caught] == [BackboneWeightsWarning]
+    message = str(caught[0].message)
+    assert "HYBRIDCXR_OFFLINE" in message and str(xrv_home) in message and caught[0].filename == __file__
+    assert backbone.weights_source == "random" and backbone.scaling == "xrv"
+    assert backbone.dim == {"xrv-densenet121-res224-all": 1024, "xrv-resnet50-res512-all": 2048}[name]
+    assert backbone.prepare(np.ones((30, 30), dtype=np.float32)).shape == (1, 1, 64, 64)
+    embedding = embed(backbone, _random_images())
+    assert embedding.shape == (2, backbone.dim) and np.isfinite(embedding).all()
+    backbone.save(tmp_path / "cnn.safetensors")  # what a classifier run keeps, loaded back without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = build_backbone(name, weights=tmp_path / "cnn.safetensors", input_size=64)
+    with pytest.warns(BackboneWeightsWarning):
+        other_seed = build_backbone(name, input_size=64, seed=1)
+    assert again.fingerprint() == backbone.fingerprint() != other_seed.fingerprint()
+    np.testing.assert_allclose(embed(again, _random_images()), embedding, rtol=1e-5, atol=1e-5)
+    assert no_network == []
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_xrv_densenet_weights_from_its_cache_folder(legacy: bool, no_network: list[object], xrv_home: Path) -> None:
+    """torchxrayvision's DenseNet file is a whole pickled model (legacy format for the published one)."""
+    xrv = bb.import_xrv()
+    torch.manual_seed(3)
+    reference = xrv.models.DenseNet(weights=None)
+    xrv_home.mkdir(parents=True)
+    file = xrv_home / xrv.models.model_urls["densenet121-res224-all"]["weights_url"].rsplit("/", 1)[-1]
+    torch.save(reference, file, _use_new_zipfile_serialization=not legacy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backbone = build_backbone("xrv-densenet121-res224-all", input_size=64)
+    assert backbone.weights_source == "torchxrayvision"
+    assert torch.equal(backbone.body.features.conv0.weight, reference.features.conv0.weight)
+    reference.classifier = torch.nn.Identity()
+    image = torch.rand(1, 1, 64, 64) * 2048 - 1024
+    with torch.inference_mode():
+        torch.testing.assert_close(backbone(image), reference.eval().features2(image))
+    torch.save({"weights": _Evil()}, file, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(InputError, match="cannot read weights") as err:
+        build_backbone("xrv-densenet121-res224-all")
+    assert err.value.path == str(file)
+    assert no_network == []
+
+
+def test_xrv_resnet_weights_from_its_cache_folder(no_network: list[object], xrv_home: Path) -> None:
+    """torchxrayvision's ResNet-50 file is a state_dict of torchvision's ResNet-50 with a one-channel stem."""
+    xrv = bb.import_xrv()
+    torch.manual_seed(4)
+    reference = torchvision.models.resnet50(weights=None, num_classes=18)
+    reference.conv1 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    xrv_home.mkdir(parents=True)
+    torch.save(reference.state_dict(),
+               xrv_home / xrv.models.model_urls["resnet50-res512-all"]["weights_url"].rsplit("/", 1)[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backbone = build_backbone("xrv-resnet50-res512-all", input_size=64)
+    assert backbone.weights_source == "torchxrayvision" and torch.equal(backbone.body.conv1.weight,
+                                                                        reference.conv1.weight)
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        build_backbone("xrv-resnet50-res512-all", weights="imagenet")
+    assert no_network == []
+
+
+def test_missing_torchxrayvision_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from hybridcxr.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "torchxrayvision", None)  # import fails as if not installed
+    with pytest.raises(ConfigError, match=r"needs torchxrayvision.*pip install 'hybridcxr\[xrv\]'"):
+        build_backbone("xrv-densenet121-res224-all")
+    with pytest.warns(BackboneWeightsWarning):
+        build_backbone("resnet18", weights=None, input_size=32)  # the others never import it

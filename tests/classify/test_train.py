@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from _splits import run_splits as _splits
 from typer.testing import CliRunner
 
-from hybridcxr.classify.cache import FeatureCache
 from hybridcxr.classify.train import (
     SplitData,
     classifier_config,
     dataset_findings,
-    load_split_data,
     train_classifier,
     train_head,
 )
@@ -43,14 +41,6 @@ def test_run_folder_is_self_contained(classifier):
     assert list(history["epoch"]) == list(range(1, len(history) + 1))
     assert {"train_loss", "val_loss", "val_macro_auroc"} <= set(history.columns)
     assert 0 <= card["val_macro_auroc"] <= 1 and 1 <= card["best_epoch"] <= len(history)
-
-
-def _splits(folder: Path, cache_dir: Path) -> tuple[SplitData, SplitData, tuple[str, ...]]:
-    meta = json.loads((cache_dir / "meta.json").read_text())
-    cache = FeatureCache(cache_dir, meta["fingerprints"])
-    findings = dataset_findings(folder / "prepared")
-    return (load_split_data(folder / "prepared", cache, findings, "train"),
-            load_split_data(folder / "prepared", cache, findings, "val"), findings)
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(classifier, tmp_path):
