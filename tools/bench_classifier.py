@@ -114,9 +114,12 @@ def lung_variants(args: argparse.Namespace) -> None:
         n_pos = table["n_pos"]
     frame = pd.DataFrame(columns)
     frame.loc["macro mean"] = frame.mean(skipna=True)
-    frame.insert(0, "test positives", list(n_pos) + [int(n_pos.sum())])
+    frame.insert(0, "test positives", pd.array(list(n_pos) + [int(n_pos.sum())], dtype="Int64"))
     print(f"\nNIH test split ({int(len(frame) - 1)} findings), test AUROC per finding, lung model {lungs}:")
-    print(frame.round(3).to_markdown())
+    print("| finding | " + " | ".join(frame.columns) + " |\n|---|" + "---|" * len(frame.columns))
+    for finding, row in frame.iterrows():
+        print(f"| {finding} | " + " | ".join("n/a" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else str(v)
+                                           for v in row.tolist()) + " |")
     for name in LUNG_VARIANTS:
         card = json.loads((_variant_run(out, name, baseline) / "model" / "card.json").read_text())
         print(f"RESULT {name}: test macro AUROC {frame.at['macro mean', name]:.3f}, Cardiomegaly "
