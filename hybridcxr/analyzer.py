@@ -36,6 +36,13 @@ class Analysis:
     def image_id(self) -> str:
         return self.detection.radiograph.image_id
 
+    def lung_record(self) -> dict[str, object] | None:
+        """The lung-field measurements as JSON outputs give them (quality flag first; values None when it is
+        raised), or None when the run has no lung model."""
+        if self.lungs is None:
+            return None
+        return {"quality": self.lungs.quality, **self.lungs.record()}
+
 
 class Analyzer:
     """The detector, the CNN and the fusion head of a classifier run, loaded once; one decode per image.

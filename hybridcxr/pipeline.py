@@ -247,13 +247,14 @@ def classify_files(
         for a in analyzer.analyze_paths(paths, demographics=demographics, on_error=skip, on_done=advance,
                                         allow_modality=allow_modality, image_ids=unique_ids(paths)):
             rows.append({"image_id": a.image_id, "age_years": a.age_years, "sex": a.sex, **a.probabilities,
-                         **{f"{f} positive": _decision(a.decisions[f]) for f in findings},
+                         **{f"{f} positive": _decision(a.decisions[f]) for f in findings}, **_lung_columns(a),
                          "path": a.detection.radiograph.meta.path})
             record = detection_record(a.detection, analyzer.detector.card)
             record |= {"age_years": a.age_years, "sex": a.sex,
                        "findings": [{"finding": f, "probability": round(a.probabilities[f], 5),
                                      "positive": a.decisions[f], "threshold": analyzer.thresholds[f],
-                                     "no_decision": analyzer.unlearned.get(f)} for f in findings]}
+                                     "no_decision": analyzer.unlearned.get(f)} for f in findings],
+                       "lungs": a.lung_record()}
             write_json(out / "json" / f"{a.image_id}.json", record)
             if overlay:
                 heat, title = None, a.image_id
@@ -268,7 +269,8 @@ def classify_files(
             if sr:
                 write_sr(out / "sr", a, model=analyzer.model_version)
     result.done = len(rows)
-    columns = ["image_id", "age_years", "sex", *findings, *(f"{f} positive" for f in findings), "path"]
+    lungs = ["lung_quality", "ctr_estimate", "ctr_profile"] if analyzer.lungs is not None else []
+    columns = ["image_id", "age_years", "sex", *findings, *(f"{f} positive" for f in findings), *lungs, "path"]
     result.outputs["predictions"] = write_csv(out / "predictions.csv", pd.DataFrame(rows, columns=columns))
     result.outputs["per-image JSON"] = out / "json"
     if overlay:
@@ -282,3 +284,13 @@ def classify_files(
 def _decision(value: bool | None) -> int | str:
     """A decision as predictions.csv writes it: 1, 0, or empty for a finding the model never learned."""
     return "" if value is None else int(value)
+
+
+def _lung_columns(analysis: Analysis) -> dict[str, object]:
+    """predictions.csv's lung columns (only for a run with a lung model): the quality flag and both CTR
+    estimates (empty when the flag is raised)."""
+    if analysis.lungs is None:
+        return {}
+    values = analysis.lungs.record()
+    return {"lung_quality": analysis.lungs.quality, "ctr_estimate": values["ctr_estimate"],
+            "ctr_profile": values["ctr_profile"]}

@@ -78,6 +78,8 @@ class Analysis(BaseModel):
     overlay: Overlay
     sr: str | None = Field(None, description="URL of the DICOM Structured Report (TID 1500, application/dicom) "
                                              "of a DICOM upload, in its study; null for PNG and JPEG")
+    lungs: dict | None = Field(None, description="lung-field measurements (quality flag, areas, CTR estimates) "
+                                                "when the run has a lung model; null otherwise")
     model: dict = Field(description="the model card's facts: versions, findings, thresholds rule, validation AUROC")
 
 

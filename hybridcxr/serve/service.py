@@ -176,6 +176,7 @@ class AnalysisService:
                       for r in analysis.detection.boxes.itertuples(index=False)],
             "overlay": {"url": f"/v1/overlay/{analysis_id}.png",
                         "panel": {"width": int(stored.grey.shape[1]), "height": int(stored.grey.shape[0])}},
+            "lungs": analysis.lung_record(),
             "model": self.model,
         }
 

@@ -119,3 +119,23 @@ def test_the_ablation_table_has_a_row_without_lung_features(lung_classifier):
     report = evaluate_classifier(run, folder / "prepared", split="val", n_boot=20, progress=False)
     text = report.read_text()
     assert "without lung features (yolo, cnn, age, sex)" in text
+
+
+def test_classify_and_the_service_report_the_lung_measures(lung_classifier, tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from hybridcxr.cli import app
+
+    folder, run, _ = lung_classifier
+    images = sorted((folder / "prepared" / "images").rglob("*.png"))[:2]
+    done = CliRunner().invoke(app, ["classify", *map(str, images), "--model", str(run), "--out",
+                                    str(tmp_path / "out"), "--no-progress"])
+    assert done.exit_code == 0, done.output
+    predictions = pd.read_csv(tmp_path / "out" / "predictions.csv", dtype={"image_id": str})
+    assert {"lung_quality", "ctr_estimate", "ctr_profile"} <= set(predictions.columns)
+    record = json.loads(next((tmp_path / "out" / "json").glob("*.json")).read_text())
+    assert record["lungs"]["quality"] in set(predictions["lung_quality"])
+    from hybridcxr.serve.schema import Analysis as Answer
+
+    assert "lungs" in Answer.model_fields, "the service's answer has the lung measures too"
