@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from pathlib import Path
 
 
@@ -76,3 +81,19 @@ class PacsAuthError(PacsError):
 
 class PacsStoreError(PacsError):
     """The PACS refused to store an object we sent (STOW-RS failure, C-STORE failure status)."""
+
+
+_WARNINGS_LOCK = threading.RLock()
+
+
+@contextmanager
+def guarded_warnings(action: str | None = None, *, record: bool = False) -> Iterator[list | None]:
+    """``warnings.catch_warnings`` (with ``simplefilter(action)`` when given) that never interleaves with another
+    of hybridcxr's: the standard one swaps process-wide state, so two threads entering and leaving it out of
+    order (the detector's decoder threads read DICOMs while the main thread writes DICOMs) leave the warning
+    machinery pointing at a finished block's list, and every later warning is lost. Warnings raised by other
+    threads while a block records are caught by it; the readers re-emit what they catch."""
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=record) as caught:
+        if action is not None:
+            warnings.simplefilter(action)  # type: ignore[arg-type]
+        yield caught

@@ -28,14 +28,13 @@ from __future__ import annotations
 import copy
 import math
 import re
-import warnings
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
 from hybridcxr import __version__
 from hybridcxr.dicom_out.identity import MANUFACTURER, software_versions
-from hybridcxr.errors import InputError
+from hybridcxr.errors import InputError, guarded_warnings
 from hybridcxr.files import atomic_path
 
 PATIENT_KEYWORDS: tuple[str, ...] = (
@@ -108,8 +107,7 @@ def _copy_age(ds: Dataset, source: Dataset) -> None:
     if _AGE_STRING.match(raw):
         age: str | None = raw
     else:
-        with warnings.catch_warnings():  # the reader warned about this header, naming the file, already
-            warnings.simplefilter("ignore")
+        with guarded_warnings("ignore"):  # the reader warned about this header, naming the file, already
             age = dicom_age(parse_age(raw)) if raw else None
     if age is not None:
         ds.PatientAge = age

@@ -34,6 +34,7 @@ from hybridcxr.errors import (
     RadiographWarning,
     TooManyPixelsError,
     UnsupportedModalityError,
+    guarded_warnings,
 )
 from hybridcxr.io.demographics import parse_age, parse_sex, parse_view
 from hybridcxr.io.radiograph import Radiograph, RadiographMeta, image_id_of
@@ -63,8 +64,7 @@ def load_dataset(path: PathType, *, header_only: bool = False, force: bool = Fal
         NotAnImageError: the file is not DICOM (or, with ``force``, does not look like an image object).
     """
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with guarded_warnings("always", record=True) as caught:
             ds = pydicom.dcmread(path, stop_before_pixels=header_only, force=force)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
@@ -136,8 +136,7 @@ def read_header(path: PathType, tags: Sequence[str] | None = None, *, force: boo
     (the default) also reads preamble-less files. Raises NotAnImageError naming the file when it is not DICOM.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with guarded_warnings("ignore"):
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=force,
                                  specific_tags=list(tags) if tags is not None else None)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
