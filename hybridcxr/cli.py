@@ -104,6 +104,31 @@ def demo_data(
     out.print(f"Prepare them with: hybridcxr prepare vindr-cxr --root {out_dir} --out <PREPARED>", highlight=False)
 
 
+@app.command("check-leakage")
+def check_leakage(
+    tables: Annotated[list[Path], typer.Argument(help="Split tables (CSV), e.g. train.csv valid.csv test.csv.")],
+    patient_column: Annotated[str | None, typer.Option(
+        help="The patient column (default: found by its usual names: Patient ID, PatientId, patient_id).")] = None,
+) -> None:
+    """Refuse split tables that share a patient: list the patients and exit 1; exit 0 when none does."""
+    from hybridcxr.data.leakage import read_split_tables, shared_patients
+
+    with errors():
+        frames = read_split_tables(tables)
+        shared = shared_patients(frames, patient_column)
+    for name, frame in frames.items():
+        out.print(f"{name}: {len(frame)} rows", highlight=False)
+    if not shared:
+        out.print(f"no patient is in more than one of the {len(frames)} tables", highlight=False)
+        return
+    console.print(f"[red]leakage:[/] {len(shared)} patients are in more than one table:", highlight=False)
+    for patient, names in list(shared.items())[:50]:
+        console.print(f"  {patient}: {', '.join(names)}", highlight=False)
+    if len(shared) > 50:
+        console.print(f"  ... and {len(shared) - 50} more", highlight=False)
+    raise typer.Exit(1)
+
+
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes (re-running resumes).")] = Path("demo-out"),
