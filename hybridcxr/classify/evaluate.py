@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from hybridcxr.classify.cache import run_lung_side
-from hybridcxr.classify.calibration import temperatures_of
+from hybridcxr.classify.calibration import calibrated, temperatures_of
 from hybridcxr.classify.fusion import load_checkpoint
 from hybridcxr.classify.train import (
     cache_features,
     classifier_config,
+    head_logits,
     load_split_data,
     open_models,
     predict_head,
@@ -51,8 +52,9 @@ def evaluate_classifier(run: str | Path, prepared: str | Path, *, split: str = "
     detector, backbone = open_models(layout.detector, config, layout.backbone)
     cache = cache_features(prepared, detector, backbone, layout.features, progress, run_lung_side(layout.lungs, card.get("lungs")))
     data = load_split_data(prepared, cache, findings, split)
-    raw = predict_head(head, data)
-    scores = predict_head(head, data, temperatures_of(card.get("calibration"), findings))
+    logits = head_logits(head, data)  # once: the raw and the calibrated scores both come from it
+    raw = calibrated(logits, np.ones(len(findings)))
+    scores = calibrated(logits, temperatures_of(card.get("calibration"), findings))
     table = None
     if ablation:
         with warnings.catch_warnings():

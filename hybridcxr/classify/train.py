@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hybridcxr.classify.calibration import temperatures_of, unlearned_findings
+from hybridcxr.classify.calibration import calibrated, fit_calibration, temperatures_of, unlearned_findings
 from hybridcxr.classify.fusion import FusionHead, save_checkpoint
 from hybridcxr.classify.loop import (
     EpochCallback,
@@ -114,8 +114,6 @@ def head_logits(head: FusionHead, data: SplitData) -> np.ndarray:
 def predict_head(head: FusionHead, data: SplitData, temperatures: np.ndarray | None = None) -> np.ndarray:
     """Probabilities (N, C) of a trained head on a split: ``sigmoid(logit / T)`` with the run's temperatures
     (:mod:`hybridcxr.classify.calibration`), or the raw sigmoid without."""
-    from hybridcxr.classify.calibration import calibrated
-
     logits = head_logits(head, data)
     return calibrated(logits, np.ones(logits.shape[1]) if temperatures is None else temperatures)
 
@@ -256,8 +254,9 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
         val = load_split_data(prepared, cache, findings, "val")
     else:
         result = train_head(train, val, findings, config, checkpoint=layout.checkpoint)
-    calibration = _calibrate(result.head, val, findings, config)
-    val_scores = predict_head(result.head, val, temperatures_of(calibration, findings))
+    val_logits = head_logits(result.head, val)
+    calibration = None if config.calibration == "none" else fit_calibration(val_logits, val.labels, findings)
+    val_scores = calibrated(val_logits, temperatures_of(calibration, findings))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         thresholds = choose_thresholds(val.labels, val_scores, findings, rule=config["threshold_rule"])
@@ -273,15 +272,6 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
         os.replace(layout.checkpoint / "backbone-tuned.safetensors", backbone_file)
     save_checkpoint(layout.model, result.head, card=card)
     return json.loads(layout.card.read_text())
-
-
-def _calibrate(head: FusionHead, val: SplitData, findings: tuple[str, ...], config: ClassifierConfig):
-    """The card's calibration entry: temperatures fitted on validation, or None with ``calibration=none``."""
-    from hybridcxr.classify.calibration import fit_calibration
-
-    if config.calibration == "none":
-        return None
-    return fit_calibration(head_logits(head, val), val.labels, findings)
 
 
 def _copy_detector(weights: str | Path, folder: Path) -> None:
