@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from hybridcxr.detect.predict import Detection, Detector
 from hybridcxr.errors import InputError
@@ -31,6 +32,8 @@ class Analysis:
     sex: str | None
     lungs: LungMeasures | None = None
     """The lung-field measurements, when the run has a lung model."""
+    detector_boxes: pd.DataFrame | None = None
+    """The detector's own boxes where the run gates them (``detection.boxes`` then holds the gated ones)."""
 
     @property
     def image_id(self) -> str:
@@ -77,6 +80,8 @@ class Analyzer:
         self.temperatures = temperatures_of(self.card.get("calibration"), self.findings)
         self.unlearned: dict[str, str] = dict(self.card.get("unlearned") or {})
         """``{finding: reason}``: findings without a positive training image carry no decision."""
+        self.gating = run_gating(self.card, layout.card)
+        """The run's classifier-gated detection rule (:mod:`hybridcxr.detect.gating`), or None (boxes as detected)."""
 
     def _check_detector(self, folder: Path) -> None:
         """The detector must be the one whose pooled features the head was trained on (cards made before the
@@ -121,13 +126,43 @@ class Analyzer:
         for d, p, age, sex, m in zip(detections, probs, ages, sexes, measures):
             scores = {f: float(v) for f, v in zip(self.findings, p)}
             decisions = {f: None if f in self.unlearned else scores[f] >= self.thresholds[f] for f in self.findings}
-            out.append(Analysis(d, scores, decisions, age, sex, m))
+            gated, raw = self._gated(d, p)
+            out.append(Analysis(gated, scores, decisions, age, sex, m, raw))
         return out
+
+    def _gated(self, detection: Detection, probs: np.ndarray) -> tuple[Detection, pd.DataFrame | None]:
+        """The detection with its boxes after the run's gating rule, and the detector's own boxes (None when
+        the run does not gate)."""
+        if self.gating is None:
+            return detection, None
+        from hybridcxr.classify.gate import probability_table
+        from hybridcxr.detect.gating import gate
+        from hybridcxr.detect.predict import PREDICTION_COLUMNS
+        from hybridcxr.findings import NO_FINDING
+
+        image_id = detection.radiograph.image_id
+        table = probability_table([image_id], probs[None], self.findings, self.unlearned)
+        boxes = gate(detection.boxes, table, self.gating, [image_id])
+        boxes = boxes.loc[boxes["finding"] != NO_FINDING, PREDICTION_COLUMNS]
+        boxes = boxes.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+        return Detection(detection.radiograph, boxes, detection.features), detection.boxes
+
+    def submission_rows(self, analysis: Analysis) -> pd.DataFrame:
+        """One image's boxes as a submission holds them under the run's gating rule (ungated without one): its
+        boxes and a "No finding" row (box ``0 0 1 1``), with ``detector_score``, the score before gating."""
+        from hybridcxr.classify.gate import probability_table
+        from hybridcxr.detect.gating import UNGATED, gate
+
+        raw = analysis.detection.boxes if analysis.detector_boxes is None else analysis.detector_boxes
+        probs = np.array([[analysis.probabilities[f] for f in self.findings]])
+        table = probability_table([analysis.image_id], probs, self.findings, self.unlearned)
+        return gate(raw, table, self.gating or UNGATED, [analysis.image_id])
 
     def analyze_paths(self, paths: Sequence[Path], *, demographics: Mapping[str, tuple[float | None, str | None]] | None = None,
                       on_error=None, on_done=None, allow_modality: bool = False,
-                      image_ids: Mapping[Path, str] | None = None) -> Iterator[Analysis]:
-        """Read, detect and classify files in batches; ``demographics`` (by image_id) overrides the headers."""
+                      image_ids: Mapping[Path, str] | None = None, conf: float | None = None) -> Iterator[Analysis]:
+        """Read, detect and classify files in batches; ``demographics`` (by image_id) overrides the headers;
+        ``conf``: the detector's lowest box score kept [its config's]."""
         size = self.detector.config["batch_predict"]
         batch: list[Detection] = []
 
@@ -141,10 +176,24 @@ class Analyzer:
             batch.clear()
             return done
 
-        for detection in self.detector.predict_paths(paths, features=True, on_error=on_error, on_done=on_done,
+        for detection in self.detector.predict_paths(paths, features=True, on_error=on_error, on_done=on_done, conf=conf,
                                                      allow_modality=allow_modality, image_ids=image_ids):
             batch.append(detection)
             if len(batch) == size:
                 yield from flush()
         if batch:
             yield from flush()
+
+
+def run_gating(card: Mapping[str, object], where: Path):
+    """The gating rule stored in a classifier card (None for runs without one, or whose rule is ungated)."""
+    from hybridcxr.detect.gating import GatingRule
+
+    entry = card.get("gating") or {}
+    if not isinstance(entry, Mapping) or not entry.get("rule"):
+        return None
+    try:
+        rule = GatingRule.from_dict(entry["rule"])
+    except (TypeError, ValueError) as err:
+        raise InputError(where, f"unreadable gating rule ({err})") from None
+    return rule if rule.gated else None

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from hybridcxr import __version__
-from hybridcxr.commands import console, default, errors, fail, finish_batch, out, show_progress
+from hybridcxr.commands import console, default, errors, fail, finish_batch, open_detector, out, show_progress
 from hybridcxr.config import Fusion, LabelRule
 from hybridcxr.lungs.cli import register as register_lungs
 from hybridcxr.pacs.cli import register_pacs
@@ -357,8 +357,9 @@ def dashboard(
 @app.command()
 def detect(
     inputs: Annotated[list[Path], typer.Argument(help="DICOM/PNG/JPEG files or folders (searched recursively).")],
-    weights: Annotated[Path, typer.Option(help="Detector run folder or its .safetensors weights.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    weights: Annotated[Path | None, typer.Option(help="Detector run folder or its .safetensors weights [the --classifier run's detector].")] = None,
+    classifier: Annotated[Path | None, typer.Option(help="A classifier run: gate the boxes by its probabilities with the rule it chose on validation (detections_ungated.csv keeps the detector's own).")] = None,
     conf: Annotated[float | None, typer.Option(help="Lowest score kept [configs/detector.yaml: 0.05].")] = None,
     tta: Annotated[bool, typer.Option(help="Also run the flipped image and merge boxes by WBF.")] = False,
     overlay: Annotated[bool, typer.Option(help="Write box-overlay PNGs for radiologists.")] = False,
@@ -374,15 +375,19 @@ def detect(
         raise typer.BadParameter("--dicom exports the overlays: add --overlay")
     if truth is not None and not overlay:
         raise typer.BadParameter("--truth is drawn on the overlays: add --overlay")
-    from hybridcxr.detect.predict import Detector
+    if weights is None and classifier is None:
+        raise typer.BadParameter("give the detector (--weights) or a classifier run holding one (--classifier)")
+    if tta and classifier is not None:
+        raise typer.BadParameter("--tta is not combined with --classifier (the gating rule was chosen without it)")
     from hybridcxr.detect.evaluate import read_truth
     from hybridcxr.pipeline import detect_files
 
     with errors():
-        detector = Detector.load(weights, device=device)
+        detector, analyzer = open_detector(weights, classifier, device)
         boxes = read_truth(truth, None)[0] if truth is not None else None
         result = detect_files(inputs, detector, out_dir, conf=conf, tta=tta, overlay=overlay, dicom=dicom, truth=boxes,
-                              sr=sr, allow_modality=allow_modality, progress=show_progress(progress))
+                              sr=sr, allow_modality=allow_modality, progress=show_progress(progress),
+                              analyzer=analyzer)
     finish_batch(result)
 
 
@@ -395,17 +400,22 @@ def evaluate_detector_cmd(
     interpolation: Annotated[str, typer.Option(help="voc2010 (the competition's) or coco101 (pycocotools').")] = "voc2010",
     report: Annotated[Path | None, typer.Option(help="Also write the report as Markdown here.")] = None,
 ) -> None:
-    """VinDr-CXR mAP@0.4 per finding and mean (Kaggle's metric), plus FROC at 0.5/1/2/4 FP per image."""
-    from hybridcxr.detect.evaluate import evaluate_detector
+    """VinDr-CXR mAP@0.4 per finding and mean (Kaggle's metric), plus FROC at 0.5/1/2/4 FP per image; a folder of
+    `detect --classifier` is scored gated and ungated, side by side."""
+    from hybridcxr.detect.evaluate import comparison_markdown, evaluate_gating
     from hybridcxr.files import write_text
 
     if interpolation not in ("voc2010", "coco101"):
         raise typer.BadParameter(f"--interpolation must be voc2010 or coco101, not {interpolation!r}")
     with errors():
-        result = evaluate_detector(pred, truth, split=split, iou_thr=iou, interpolation=interpolation)
-    out.print(str(result), highlight=False)
+        results = evaluate_gating(pred, truth, split=split, iou_thr=iou, interpolation=interpolation)
+    parts = [(f"## {name}\n\n" if len(results) > 1 else "") + r.to_markdown() for name, r in results.items()]
+    if len(results) > 1:
+        parts.append("## side by side\n\n" + comparison_markdown(results))
+    text = "\n\n".join(parts)
+    out.print(text.replace("**", ""), highlight=False)
     if report is not None:
-        write_text(report, result.to_markdown() + "\n")
+        write_text(report, text + "\n")
 
 
 @evaluate_app.command("classifier")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -60,3 +61,23 @@ def errors() -> Iterator[None]:
         fail(err, EXIT_USAGE)
     except HybridCXRError as err:
         fail(err)
+
+
+def open_detector(weights: Path | None, classifier: Path | None, device: str | None):
+    """``(detector, analyzer)`` of ``detect``: the detector of ``weights``, or with ``classifier`` that run's
+    Analyzer and its detector (``weights``, when also given, must be that same detector)."""
+    from hybridcxr.detect.predict import Detector
+
+    if classifier is None:
+        return Detector.load(weights, device=device), None
+    from hybridcxr.analyzer import Analyzer
+    from hybridcxr.classify.cache import detector_fingerprint
+    from hybridcxr.errors import InputError
+
+    analyzer = Analyzer(classifier, device=device)
+    if weights is not None:
+        given = Detector.load(weights, device=device)
+        if detector_fingerprint(given) != detector_fingerprint(analyzer.detector):
+            raise InputError(weights, f"is not the detector of the classifier run {classifier} (its gating rule "
+                                      "was chosen for that one): leave --weights out")
+    return analyzer.detector, analyzer

@@ -97,6 +97,12 @@ class Calibration(StrEnum):
     none = "none"
 
 
+class Gating(StrEnum):
+    """Whether ``train classifier`` chooses a classifier-gated detection rule on validation (auto) or not."""
+    auto = "auto"
+    none = "none"
+
+
 class Crop(StrEnum):
     """What the CNN embedding sees: the whole radiograph, or the lung-field box (with a margin)."""
     none = "none"
@@ -219,6 +225,7 @@ class ClassifierConfig(JobConfig):
     loss: Loss
     threshold_rule: ThresholdRule
     calibration: Calibration
+    gating: Gating
     seed: int
     device: str
     cache: Union[str, None]

@@ -174,13 +174,16 @@ def _train_models(stage: _StageRunner, paths: _DemoPaths, plan: Mapping[str, Any
 def _run_on_held_back(stage: _StageRunner, paths: _DemoPaths, progress: bool) -> tuple[Any, Any]:
     """Stages 7-8: ``detect`` and ``classify`` on the held-back test phantoms, with overlays, as a user
     would run them; returns both runs' results."""
-    from hybridcxr.detect.predict import Detector
     from hybridcxr.pipeline import Analyzer, classify_files, detect_files
 
     held_back = paths.phantom / "test"  # the official-test folder: the prepared test split, never trained on
-    detections = stage("detect: held-back test phantoms, with overlays", False,
-                       lambda: detect_files([held_back], Detector.load(paths.detector), paths.out / "detect",
-                                            overlay=True, progress=progress))
+
+    def gated_detect() -> Any:
+        analyzer = Analyzer(paths.classifier)  # its detector is paths.detector's, copied into the run
+        return detect_files([held_back], analyzer.detector, paths.out / "detect", overlay=True, progress=progress,
+                            analyzer=analyzer)
+
+    detections = stage("detect: held-back test phantoms, gated by the classifier, with overlays", False, gated_detect)
     classified = stage("classify: held-back test phantoms, with overlays", False,
                        lambda: classify_files([held_back], Analyzer(paths.classifier), paths.out / "classify",
                                               overlay=True, progress=progress))
@@ -189,15 +192,18 @@ def _run_on_held_back(stage: _StageRunner, paths: _DemoPaths, progress: bool) ->
 
 def _evaluate(stage: _StageRunner, paths: _DemoPaths, plan: Mapping[str, Any], progress: bool
               ) -> tuple[Any, Path]:
-    """Stages 9-10: score the detections (report also written as ``detect/evaluation.md``) and evaluate the
-    classifier on the test split; returns the detector report and the classifier report's path."""
+    """Stages 9-10: score the detections gated and ungated (reports also written as ``detect/evaluation.md``)
+    and evaluate the classifier on the test split; returns the detector reports and the classifier report's
+    path."""
     from hybridcxr.classify.evaluate import evaluate_classifier
-    from hybridcxr.detect.evaluate import evaluate_detector
+    from hybridcxr.detect.evaluate import comparison_markdown, evaluate_gating
     from hybridcxr.files import write_text
 
-    report = stage("evaluate detector: VinDr mAP@0.4 on the test split", False,
-                   lambda: evaluate_detector(paths.out / "detect", paths.prepared, split="test"))
-    write_text(paths.out / "detect" / "evaluation.md", report.to_markdown() + "\n")
+    report = stage("evaluate detector: VinDr mAP@0.4 on the test split, gated and ungated", False,
+                   lambda: evaluate_gating(paths.out / "detect", paths.prepared, split="test"))
+    parts = [f"## {name}\n\n{r.to_markdown()}" for name, r in report.items()]
+    write_text(paths.out / "detect" / "evaluation.md",
+               "\n\n".join([*parts, "## side by side\n\n" + comparison_markdown(report)]) + "\n")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cls_report = stage("evaluate classifier: AUROC with CIs, ROC/PR, subgroups, ablations", False,
@@ -208,7 +214,9 @@ def _evaluate(stage: _StageRunner, paths: _DemoPaths, plan: Mapping[str, Any], p
 
 def _headline_metrics(paths: _DemoPaths, report: Any, cls_report: Path) -> dict[str, float]:
     """The summary's numbers: detector test mAP, classifier test and val macro AUROC, best tuning trial."""
-    return {"detector test mAP@0.4": float(report.map),
+    gated = report.get("gated", report.get("detections"))
+    return {"detector test mAP@0.4 (ungated)": float(report.get("ungated", gated).map),
+            "detector test mAP@0.4 (gated by the classifier)": float(gated.map),
             "classifier test macro AUROC": _macro_auroc(cls_report.parent / "predictions.csv"),
             "classifier val macro AUROC": _card_value(paths.classifier, "val_macro_auroc"),
             "best tuning trial val macro AUROC": _best_trial(paths.tune)}

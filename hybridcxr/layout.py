@@ -138,6 +138,11 @@ class ClassifierLayout:
         return self.root / "checkpoint"
 
     @property
+    def gating(self) -> Path:
+        """Every candidate gating rule's validation mAP (the chosen one is in the card)."""
+        return self.root / "gating.csv"
+
+    @property
     def history(self) -> Path:
         return self.root / "history.csv"
 

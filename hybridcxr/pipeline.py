@@ -7,6 +7,8 @@
     submission.csv        VinDr/Kaggle format: image_id, PredictionString ("class score x1 y1 x2 y2 ...")
     skipped.csv           files that could not be read, with the reason
     sr/<image_id>.dcm     with ``sr``: a DICOM Structured Report (TID 1500) of each DICOM source's findings
+    detections_ungated.csv, gating.json   with a classifier run (``detect --classifier``): the detector's own
+                          boxes and the gating rule; detections.csv then holds the gated boxes
 
 Image ids are unique within a batch (:func:`unique_ids`: the file name, or for names that repeat the path
 relative to the inputs' shared folder), and every output carries the file's path beside its id. Every file
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,7 +147,7 @@ def write_overlay(folder: Path, radiograph: Radiograph, *, dicom: bool = False, 
 def detect_files(
     inputs: Sequence[str | Path], detector: Detector, out: str | Path, *, conf: float | None = None,
     tta: bool = False, overlay: bool = False, allow_modality: bool = False, progress: bool = True,
-    dicom: bool = False, truth: pd.DataFrame | None = None, sr: bool = False,
+    dicom: bool = False, truth: pd.DataFrame | None = None, sr: bool = False, analyzer: Analyzer | None = None,
 ) -> BatchResult:
     """Detect findings on every readable file of ``inputs``; write the outputs listed in the module doc.
 
@@ -154,6 +156,12 @@ def detect_files(
     ``dicom`` (with ``overlay``) also writes each overlay as a DICOM Secondary Capture (``overlays/ID.dcm``)
     filed in the source's study, to send back to PACS; ``sr`` writes each DICOM's boxes as a Structured
     Report (``sr/ID.dcm``, :mod:`hybridcxr.dicom_out.sr`). Both cite the detector card's version.
+
+    ``analyzer`` (a classifier run's, whose detector is ``detector``) gates the boxes by its classifier
+    (:mod:`hybridcxr.detect.gating`, the rule stored in the run): detections.csv then holds the gated boxes
+    and one "No finding" row per image (box ``0 0 1 1``, the classifier's P(No finding) where the rule says
+    so), with ``detector_score`` the score before gating; ``detections_ungated.csv`` the detector's own boxes,
+    and ``gating.json`` the rule, so that ``evaluate detector`` scores both.
     """
     from hybridcxr.dicom_out.outputs import card_version, write_sr
 
@@ -162,29 +170,32 @@ def detect_files(
     paths = collect_inputs(inputs)
     result = BatchResult(out)
     tables: list[pd.DataFrame] = []
+    raw_tables: list[pd.DataFrame] = []
     ids: list[str] = []
 
     def skip(path: Path, err: Exception) -> None:
         result.skipped.append((str(path), getattr(err, "problem", str(err))))
 
     with progress_bar(len(paths), "detecting", progress) as advance:
-        for detection in detector.predict_paths(paths, conf=conf, tta=tta, allow_modality=allow_modality,
-                                                on_error=skip, on_done=advance, image_ids=unique_ids(paths)):
+        found = _detections(paths, detector, analyzer, conf=conf, tta=tta, allow_modality=allow_modality,
+                            on_error=skip, on_done=advance)
+        for detection, table, raw in found:
             image_id = detection.radiograph.image_id
             ids.append(image_id)
-            tables.append(detection.boxes.assign(path=detection.radiograph.meta.path))
-            write_json(out / "json" / f"{image_id}.json", detection_record(detection, detector.card))
+            where = detection.radiograph.meta.path
+            tables.append(table.assign(path=where))
+            raw_tables.append(raw.assign(path=where))
+            record = detection_record(detection, detector.card)
+            if analyzer is not None:
+                record["gating"] = analyzer.gating.describe() if analyzer.gating else "ungated (the run has no rule)"
+            write_json(out / "json" / f"{image_id}.json", record)
             if overlay:
                 write_overlay(out / "overlays", detection.radiograph, dicom=dicom, model=model,
                               predictions=detection.boxes, truth=truth, findings=detector.findings, title=image_id)
             if sr:
                 write_sr(out / "sr", detection, model=model)
     result.done = len(ids)
-    frames = [t for t in tables if len(t)]
-    detections = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*PREDICTION_COLUMNS, "path"])
-    result.outputs["detections"] = write_csv(out / "detections.csv", detections)
-    submission = to_submission(add_no_finding(detections[PREDICTION_COLUMNS], ids), ids, detector.findings)
-    result.outputs["submission"] = write_csv(out / "submission.csv", submission)
+    _write_detection_tables(result, tables, raw_tables, ids, detector.findings, analyzer)
     result.outputs["per-image JSON"] = out / "json"
     if overlay:
         result.outputs["overlays"] = out / "overlays"
@@ -192,6 +203,45 @@ def detect_files(
         result.outputs["structured reports"] = out / "sr"
     write_csv(out / "skipped.csv", pd.DataFrame(result.skipped, columns=["path", "reason"]))
     return result
+
+
+def _detections(paths: Sequence[Path], detector: Detector, analyzer: Analyzer | None, *, conf: float | None,
+                tta: bool, allow_modality: bool, on_error, on_done) -> Iterator[tuple[Detection, pd.DataFrame, pd.DataFrame]]:
+    """``(detection, table, raw)`` per readable file: the detection (boxes gated when ``analyzer`` gates), its
+    rows for detections.csv and the detector's own boxes."""
+    ids = unique_ids(paths)
+    if analyzer is None:
+        for detection in detector.predict_paths(paths, conf=conf, tta=tta, allow_modality=allow_modality,
+                                                on_error=on_error, on_done=on_done, image_ids=ids):
+            yield detection, detection.boxes, detection.boxes
+        return
+    for analysis in analyzer.analyze_paths(paths, on_error=on_error, on_done=on_done, allow_modality=allow_modality,
+                                           image_ids=ids, conf=conf):
+        raw = analysis.detection.boxes if analysis.detector_boxes is None else analysis.detector_boxes
+        yield analysis.detection, analyzer.submission_rows(analysis), raw
+
+
+def _write_detection_tables(result: BatchResult, tables: list[pd.DataFrame], raw_tables: list[pd.DataFrame],
+                            ids: list[str], findings: Sequence[str], analyzer: Analyzer | None) -> None:
+    """detections.csv and submission.csv (gated with an ``analyzer``; then also detections_ungated.csv and
+    gating.json)."""
+    out = result.out
+
+    def joined(frames: list[pd.DataFrame], extra: tuple[str, ...] = ()) -> pd.DataFrame:
+        frames = [t for t in frames if len(t)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+            columns=[*PREDICTION_COLUMNS, *extra, "path"])
+
+    detections = joined(tables, ("detector_score",) if analyzer is not None else ())
+    result.outputs["detections"] = write_csv(out / "detections.csv", detections)
+    submission = to_submission(add_no_finding(detections[PREDICTION_COLUMNS], ids), ids, findings)
+    result.outputs["submission"] = write_csv(out / "submission.csv", submission)
+    if analyzer is not None:
+        result.outputs["ungated detections"] = write_csv(out / "detections_ungated.csv", joined(raw_tables))
+        rule = analyzer.gating
+        write_json(out / "gating.json", {"rule": rule.to_dict() if rule else None,
+                                         "description": rule.describe() if rule else "ungated (the run has no rule)",
+                                         "classifier": str(analyzer.run), "model": analyzer.model_version})
 
 
 def read_demographics(path: str | Path) -> dict[str, tuple[float | None, str | None]]:

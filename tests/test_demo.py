@@ -27,7 +27,11 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, no_network):
     assert (result.outputs["study report"] / "study.html").is_file()
     held_back = {p.stem for p in (out / "phantom" / "test").glob("*.dicom")}
     assert set(pd.read_csv(result.outputs["predictions"], dtype={"image_id": str})["image_id"]) == held_back
-    assert 0 <= result.metrics["detector test mAP@0.4"] <= 1
+    assert 0 <= result.metrics["detector test mAP@0.4 (ungated)"] <= 1
+    assert 0 <= result.metrics["detector test mAP@0.4 (gated by the classifier)"] <= 1
+    assert (out / "detect" / "detections_ungated.csv").is_file() and (out / "detect" / "gating.json").is_file()
+    evaluation = (out / "detect" / "evaluation.md").read_text()
+    assert "## gated" in evaluation and "## ungated" in evaluation and "side by side" in evaluation
     assert 0 <= result.metrics["classifier test macro AUROC"] <= 1
     summary = (out / "summary.md").read_text()
     assert "mAP@0.4" in summary and "macro AUROC" in summary and "train detector" in summary
@@ -35,5 +39,5 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, no_network):
     again = run_demo(out, "small", progress=False, log=lines.append, plan=TOY)
     assert [s.skipped for s in again.stages[:5]] == [True] * 5  # data, prepare, detector, lungs, classifier reused
     card = (out / "classifier" / "model" / "card.json").read_text()
-    assert '"lungs": {' in card and (out / "classifier" / "lungs" / "lungs.safetensors").is_file()
+    assert '"gating": {' in card and '"lungs": {' in card and (out / "classifier" / "lungs" / "lungs.safetensors").is_file()
     assert list((out / "phantom" / "lungs" / "masks").glob("*.png"))

@@ -268,10 +268,24 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
     card["lungs"] = None if lungs is None else lungs.card()
     card["calibration"] = calibration
     card["unlearned"] = unlearned_findings(train.labels, findings)
+    card["gating"] = _gating(config, prepared, detector, val, val_scores, findings, card["unlearned"], layout,
+                             progress)
     if end_to_end:
         os.replace(layout.checkpoint / "backbone-tuned.safetensors", backbone_file)
     save_checkpoint(layout.model, result.head, card=card)
     return json.loads(layout.card.read_text())
+
+
+def _gating(config: ClassifierConfig, prepared: Path, detector, val: SplitData, val_scores: np.ndarray,
+            findings: tuple[str, ...], unlearned: Mapping[str, str], layout: ClassifierLayout,
+            progress: bool) -> dict[str, Any]:
+    """The card's ``gating`` entry: the rule chosen on validation (:mod:`hybridcxr.classify.gate`), or why none."""
+    if config.gating == "none":
+        return {"rule": None, "reason": "gating=none"}
+    from hybridcxr.classify.gate import choose_gating
+
+    return choose_gating(prepared, detector, val.image_ids, val_scores, findings, unlearned, layout.gating,
+                         progress)
 
 
 def _copy_detector(weights: str | Path, folder: Path) -> None:

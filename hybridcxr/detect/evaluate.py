@@ -3,7 +3,8 @@
 Predictions: a ``detect`` output folder, its ``detections.csv``, or a Kaggle ``submission.csv``. Ground truth:
 a prepared folder (its fused ``boxes.csv``; ``manifest.csv`` names the images of each split) or a box table.
 The evaluated images are the split's images where a split is named, else the images that were predicted
-(an image predicted to hold nothing still counts: a missed lesion there is a miss).
+(an image predicted to hold nothing still counts: a missed lesion there is a miss). A folder of
+``detect --classifier`` is scored twice, gated and ungated (:func:`evaluate_gating`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ from hybridcxr.findings import NO_FINDING, VINDR_CXR
 from hybridcxr.layout import PreparedLayout
 
 
-def read_predictions(path: str | Path) -> tuple[pd.DataFrame, list[str] | None]:
-    """Prediction box table and, where known, every image that was predicted (boxes or not)."""
+UNGATED_TABLE = "detections_ungated.csv"  # beside detections.csv in a `detect --classifier` folder
+
+
+def read_predictions(path: str | Path, table: str = "detections.csv") -> tuple[pd.DataFrame, list[str] | None]:
+    """Prediction box table and, where known, every image that was predicted (boxes or not); for a ``detect``
+    folder, ``table`` names which of its tables (detections.csv, or the ungated one of a gated run)."""
     path = Path(path)
     ids: list[str] | None = None
     if path.is_dir():
         ids = sorted(p.stem for p in (path / "json").glob("*.json")) or None
-        path = path / "detections.csv"
+        path = path / table
     if not path.is_file():
         raise InputError(path, "no predictions here (expected detections.csv, submission.csv or a detect folder)")
     head = pd.read_csv(path, nrows=0).columns
@@ -64,12 +69,41 @@ def read_truth(path: str | Path, split: str | None) -> tuple[pd.DataFrame, list[
     return truth, None, truth["image_id"].astype(str).unique().tolist()
 
 
-def evaluate_detector(
+def evaluate_gating(
     pred: str | Path, truth: str | Path, *, split: str | None = None, iou_thr: float = 0.4,
     interpolation: Interpolation = "voc2010",
+) -> dict[str, DetectionReport]:
+    """The reports of a prediction source: ``{"gated": ..., "ungated": ...}`` for a ``detect --classifier``
+    folder (its detections.csv and detections_ungated.csv, same images), else ``{"detections": ...}``."""
+    kwargs = {"split": split, "iou_thr": iou_thr, "interpolation": interpolation}
+    if not (Path(pred).is_dir() and (Path(pred) / UNGATED_TABLE).is_file()):
+        return {"detections": evaluate_detector(pred, truth, **kwargs)}
+    return {"gated": evaluate_detector(pred, truth, **kwargs),
+            "ungated": evaluate_detector(pred, truth, table=UNGATED_TABLE, **kwargs)}
+
+
+def comparison_markdown(reports: dict[str, DetectionReport]) -> str:
+    """A side-by-side table of several reports' AP per class and mean (Markdown)."""
+    names = list(reports)
+    classes = list(next(iter(reports.values())).per_class_ap.index)
+
+    def cell(value: float) -> str:
+        return "n/a" if pd.isna(value) else f"{value:.4f}"
+
+    lines = ["| Finding | " + " | ".join(f"AP {n}" for n in names) + " |", "|---|" + "---:|" * len(names)]
+    for c in classes:
+        lines.append(f"| {c} | " + " | ".join(cell(reports[n].per_class_ap.get(c, float("nan"))) for n in names) + " |")
+    lines.append("| **mAP** | " + " | ".join(f"**{cell(reports[n].map)}**" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def evaluate_detector(
+    pred: str | Path, truth: str | Path, *, split: str | None = None, iou_thr: float = 0.4,
+    interpolation: Interpolation = "voc2010", table: str = "detections.csv",
 ) -> DetectionReport:
-    """VinDr mAP@``iou_thr`` and FROC of a prediction file against ground truth (see module doc)."""
-    predictions, predicted_ids = read_predictions(pred)
+    """VinDr mAP@``iou_thr`` and FROC of a prediction file against ground truth (see module doc); ``table``:
+    which table of a ``detect`` folder."""
+    predictions, predicted_ids = read_predictions(pred, table)
     truth_boxes, split_ids, known = read_truth(truth, split)
     if split_ids is not None:
         ids = split_ids

@@ -1,0 +1,184 @@
+"""Classifier-gated detection: the fusion classifier's probabilities reshape the detector's boxes.
+
+The best VinDr-CXR detection entries combined a box detector with an image-level normal/abnormal classifier;
+this module is that combination, as one documented rule (:class:`GatingRule`):
+
+- **"No finding"** (``no_finding``): the competition's 15th class is the box ``0 0 1 1`` with a score. From
+  the detector alone (``detector``) that score is ``1 -`` the image's highest box score
+  (:func:`~hybridcxr.detect.metrics.add_no_finding`); gated (``classifier``) it is the classifier's
+  P(No finding), an image-level call the classifier makes far better than a box detector.
+- **Box scores** (``scale``): each box's score ``s`` becomes ``s * p ** power``, where ``p`` is the image's
+  probability of abnormality (``abnormal``: ``1 - P(No finding)``) or of the box's own finding (``finding``:
+  that finding's probability where the classifier learned it, else the abnormality); ``none`` keeps ``s``.
+  Boxes whose new score is below ``floor`` are dropped.
+
+The rule is chosen on the validation split of the classifier's training data (:func:`choose_rule`: every
+candidate of :func:`candidate_rules` is scored by VinDr mAP@0.4 on the validation images and the best one is
+kept; a candidate must beat the ungated detector to be chosen), stored in the classifier run's card, and
+applied by ``detect --classifier RUN``, ``classify``, the Analyzer and the service.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from hybridcxr.detect.metrics import NO_FINDING_BOX, add_no_finding, evaluate_detections
+from hybridcxr.findings import NO_FINDING
+
+Scale = Literal["none", "abnormal", "finding"]
+Normal = Literal["detector", "classifier"]
+_COORDS = ["x_min", "y_min", "x_max", "y_max"]
+
+
+@dataclass(frozen=True)
+class GatingRule:
+    """How the classifier's probabilities change the detector's output (see the module doc)."""
+
+    scale: Scale = "none"
+    power: float = 1.0
+    floor: float = 0.0
+    no_finding: Normal = "detector"
+
+    def __post_init__(self) -> None:
+        if self.scale not in ("none", "abnormal", "finding"):
+            raise ValueError(f"gating scale must be none, abnormal or finding, not {self.scale!r}")
+        if self.no_finding not in ("detector", "classifier"):
+            raise ValueError(f"gating no_finding must be detector or classifier, not {self.no_finding!r}")
+        if not (0.0 < self.power <= 4.0) or not (0.0 <= self.floor < 1.0):
+            raise ValueError(f"gating power must be in (0, 4] and floor in [0, 1): {self.power}, {self.floor}")
+
+    @property
+    def gated(self) -> bool:
+        """Whether the rule changes anything (the ungated rule is the detector's own output)."""
+        return self != UNGATED
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> GatingRule:
+        """A rule from a card's ``gating.rule`` entry; ValueError on unknown keys or values."""
+        unknown = set(data) - {"scale", "power", "floor", "no_finding"}
+        if unknown:
+            raise ValueError(f"unknown gating keys {sorted(unknown)}")
+        return cls(**{k: (float(v) if k in ("power", "floor") else v) for k, v in data.items()})  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """One line for reports: what the rule does."""
+        if not self.gated:
+            return "ungated: the detector's boxes, No finding = 1 - the highest box score"
+        nf = "the classifier's P(No finding)" if self.no_finding == "classifier" else "1 - the highest box score"
+        boxes = ("box scores kept" if self.scale == "none" else
+                 f"box score x P({'abnormal' if self.scale == 'abnormal' else 'its finding'})^{self.power:g}")
+        floor = f", boxes below {self.floor:g} dropped" if self.floor > 0 else ""
+        return f"gated: {boxes}{floor}; No finding = {nf}"
+
+
+UNGATED = GatingRule()
+
+
+def candidate_rules() -> list[GatingRule]:
+    """The rules :func:`choose_rule` tries, the ungated detector first (it wins ties)."""
+    rules = [UNGATED, GatingRule(no_finding="classifier")]
+    for scale in ("abnormal", "finding"):
+        for power in (0.5, 1.0, 2.0):
+            for floor in (0.0, 0.01, 0.03, 0.1):
+                for normal in ("detector", "classifier"):
+                    rules.append(GatingRule(scale, power, floor, normal))  # type: ignore[arg-type]
+    return rules
+
+
+def box_factors(boxes: pd.DataFrame, probabilities: pd.DataFrame, scale: Scale) -> np.ndarray:
+    """The probability each box's score is multiplied by (before ``power``): 1 for ``none``; else the image's
+    P(abnormal) or P(the box's finding). ``probabilities``: one row per image id, one column per finding the
+    classifier learned; without a "No finding" column, P(abnormal) is the highest finding probability."""
+    if scale == "none" or boxes.empty:
+        return np.ones(len(boxes))
+    abnormal = _abnormal(probabilities)
+    ids = boxes["image_id"].astype(str)
+    factors = abnormal.reindex(ids).to_numpy(dtype=float)
+    if scale == "finding":
+        learned = [f for f in probabilities.columns if f != NO_FINDING]
+        stacked = probabilities[learned].stack()
+        own = pd.Series(list(zip(ids, boxes["finding"]))).map(stacked.to_dict()).to_numpy(dtype=float)
+        factors = np.where(np.isnan(own), factors, own)
+    return np.nan_to_num(factors, nan=1.0)
+
+
+def _abnormal(probabilities: pd.DataFrame) -> pd.Series:
+    if NO_FINDING in probabilities.columns:
+        return 1.0 - probabilities[NO_FINDING].astype(float)
+    return probabilities.astype(float).max(axis=1)
+
+
+def gate(boxes: pd.DataFrame, probabilities: pd.DataFrame, rule: GatingRule,
+         image_ids: Iterable[str]) -> pd.DataFrame:
+    """The detector's boxes of ``image_ids`` after ``rule``, with one "No finding" row (box ``0 0 1 1``) per
+    image, as a submission holds them. Columns: the prediction columns plus ``detector_score`` (the score
+    before gating; NaN on classifier "No finding" rows). ``probabilities`` is indexed by image id."""
+    ids = [str(i) for i in image_ids]
+    table = boxes[boxes["finding"] != NO_FINDING].assign(image_id=lambda t: t["image_id"].astype(str))
+    table = table.assign(detector_score=table["score"].astype(float))
+    gated = table["score"].to_numpy(dtype=float) * box_factors(table, probabilities, rule.scale) ** rule.power
+    table = table.assign(score=gated)
+    table = table[table["score"] >= rule.floor] if rule.floor > 0 else table
+    if rule.no_finding == "detector" or NO_FINDING not in probabilities.columns:
+        table = table[table["image_id"].isin(set(ids))]
+        return _with_detector_scores(add_no_finding(table.drop(columns="detector_score"), ids), table)
+    normal = probabilities[NO_FINDING].reindex(ids).astype(float)  # images the classifier did not see: as ungated
+    normal = normal.fillna(1.0 - table.groupby("image_id")["detector_score"].max().reindex(ids).fillna(0.0))
+    rows = pd.DataFrame({"image_id": ids, "finding": NO_FINDING, "score": normal.to_numpy(),
+                         **dict(zip(_COORDS, NO_FINDING_BOX)), "detector_score": math.nan})
+    merged = pd.concat([table, rows], ignore_index=True) if len(table) else rows
+    order = {i: k for k, i in enumerate(ids)}
+    merged = merged[merged["image_id"].isin(order)]
+    merged = merged.assign(_o=merged["image_id"].map(order), _n=merged["finding"] == NO_FINDING)
+    return merged.sort_values(["_o", "_n"], kind="stable").drop(columns=["_o", "_n"]).reset_index(drop=True)
+
+
+def _with_detector_scores(out: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """``add_no_finding``'s output with each box's pre-gating score (NaN on the added "No finding" rows)."""
+    keys = ["image_id", "finding", *_COORDS, "score"]
+    lookup = table.drop_duplicates(keys).set_index(keys)["detector_score"]
+    index = pd.MultiIndex.from_frame(out[keys])
+    return out.assign(detector_score=lookup.reindex(index).to_numpy(dtype=float))
+
+
+@dataclass(frozen=True)
+class GatingChoice:
+    """The rule chosen on validation, with what it and the ungated detector scored there."""
+
+    rule: GatingRule
+    val_map: float
+    val_map_ungated: float
+    table: pd.DataFrame  # every candidate: scale, power, floor, no_finding, val_map
+
+    def card(self, *, iou_thr: float, conf: float, n_images: int) -> dict[str, object]:
+        """What the classifier card stores under ``gating``."""
+        return {"rule": self.rule.to_dict(), "description": self.rule.describe(), "chosen_on": "val",
+                "val_map": round(self.val_map, 6), "val_map_ungated": round(self.val_map_ungated, 6),
+                "iou_thr": iou_thr, "conf": conf, "val_images": n_images, "candidates": len(self.table)}
+
+
+def choose_rule(boxes: pd.DataFrame, probabilities: pd.DataFrame, truth: pd.DataFrame, image_ids: Sequence[str],
+                findings: Sequence[str], *, iou_thr: float = 0.4,
+                rules: Sequence[GatingRule] | None = None) -> GatingChoice:
+    """Score every candidate rule by mAP@``iou_thr`` on ``image_ids`` (the validation images) and keep the best;
+    a rule must beat the ungated detector (the first candidate) by more than 1e-9 to replace it."""
+    rules = list(rules or candidate_rules())
+    ids = [str(i) for i in image_ids]
+    scores = []
+    for rule in rules:
+        gated = gate(boxes, probabilities, rule, ids).drop(columns="detector_score")
+        report = evaluate_detections(gated, truth, findings, ids, iou_thr, "val", fp_rates=())
+        scores.append(report.map)
+    values = np.nan_to_num(np.asarray(scores, dtype=float), nan=-1.0)
+    best = int(np.argmax(values)) if values.max() > values[0] + 1e-9 else 0
+    table = pd.DataFrame([{**r.to_dict(), "val_map": s} for r, s in zip(rules, scores)])
+    return GatingChoice(rules[best], float(scores[best]), float(scores[0]), table)
