@@ -69,6 +69,8 @@ def prepare(
     split: Annotated[str | None, typer.Option(help=f"Train,val,test fractions, patient-grouped and stratified [{default('prepare', 'split')}].")] = None,
     seed: Annotated[int | None, typer.Option(help=f"Seed of the split [{default('prepare', 'seed')}].")] = None,
     keep_official_test: Annotated[bool | None, typer.Option("--keep-official-test/--resplit-test", help="Keep the dataset's own test split [configs/prepare.yaml].")] = None,
+    split_tables: Annotated[str | None, typer.Option(help="Your own split tables, train,val,test (or train,test: val carved from train's patients), e.g. train-small.csv,valid-small.csv,test.csv; refused when a patient is in two.")] = None,
+    patient_column: Annotated[str | None, typer.Option(help="The split tables' patient column [found by its usual names: Patient ID, PatientId, patient_id].")] = None,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -82,7 +84,8 @@ def prepare(
             size=size, bits=bits, fusion=fusion, iou=iou, label_rule=label_rule,
             split=_fractions(split) if split is not None else None, seed=seed, keep_official_test=keep_official_test,
             dataset=source, allow_modality=allow_modality, progress=show_progress(progress),
-            **({"workers": workers} if workers is not None else {}))
+            split_tables=[Path(p) for p in split_tables.split(",")] if split_tables else None,
+            patient_column=patient_column, **({"workers": workers} if workers is not None else {}))
         extra = {"extra_boxes": list(extra_boxes)} if extra_boxes else {}
         tables = load_source(source, root, labels=labels, boxes=boxes, label_rule=options.label_rule, **extra)
         result = run_prepare(tables, out_dir, options)

@@ -12,12 +12,16 @@ PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
+# The demo needs the package alone; tests and lint also need the test extras. The stamp records what was
+# installed for which pyproject.toml, so a venv is set up once and topped up only when more is needed.
+# --no-compile: Python compiles the modules it imports on first use, instead of pip compiling all of torch.
 stamp="$VENV/.hybridcxr-install"
 want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e '.[test]'
-  echo "$want" > "$stamp"
+case "${1:-}" in demo) need="$want" ; spec='.' ;; *) need="$want test" ; spec='.[test]' ;; esac
+have=$(cat "$stamp" 2>/dev/null || true)
+if [ "$have" != "$need" ] && [ "$have" != "$want test" ]; then
+  "$VENV/bin/python" -m pip install --quiet --no-compile -e "$spec"
+  echo "$need" > "$stamp"
 fi
 export NO_ALBUMENTATIONS_UPDATE=1
 

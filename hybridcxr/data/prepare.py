@@ -58,6 +58,8 @@ class PrepareOptions:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     allow_modality: bool = False
     progress: bool = True
+    split_tables: list[Path] | None = None  # the user's own train[,val],test tables (hybridcxr.data.split_tables)
+    patient_column: str | None = None  # their patient column, where not found by its usual names
 
     def __post_init__(self) -> None:
         config = load_config("prepare", dataset=self.dataset, overrides={k: getattr(self, k) for k in _SETTINGS})
@@ -114,6 +116,28 @@ class PrepareResult:
             "notes": self.notes,
         }
 
+    def class_weights(self) -> list[str]:
+        """Lines giving each finding's frequency in the training split and the positive weight
+        ``train classifier`` will use by default (``pos_weight=inverse``: negatives / positives)."""
+        from hybridcxr.classify.loop import pos_weight
+
+        train = self.manifest[self.manifest["split"] == "train"]
+        if train.empty or not self.findings:
+            return []
+        labels = train[list(self.findings)].to_numpy(dtype=float)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a finding without positives: said on its line
+            weights = pos_weight(labels, "inverse", self.findings)
+        lines = [f"class frequency in train ({len(train)} images) and the positive weight train classifier uses "
+                 "(pos_weight=inverse: negatives/positives):"]
+        for c, f in enumerate(self.findings):
+            known = labels[~np.isnan(labels[:, c]), c]
+            pos = int((known > 0).sum())
+            share = f"{pos / len(known):.1%}" if len(known) else "n/a"
+            tail = "" if pos else " (no positive image: the classifier will not learn it)"
+            lines.append(f"  {f}: {share} ({pos} of {len(known)}), weight {weights[c]:.2f}{tail}")
+        return lines
+
     def __str__(self) -> str:
         s = self.summary()
         lines = [
@@ -124,6 +148,7 @@ class PrepareResult:
             "positives per finding (" + "/".join(s["images_per_split"]) + "):",
         ]
         lines += [f"  {f}: " + "/".join(str(v) for v in by.values()) for f, by in s["positives_per_finding"].items()]
+        lines += self.class_weights()
         lines.append("boxes: " + self.box_stats.describe())
         lines += [f"note: {n}" for n in self.notes]
         if self.warnings:
@@ -138,15 +163,26 @@ def prepare(tables: SourceTables, out: str | Path, options: PrepareOptions | Non
     """Decode, split, fuse and write a source's images as a YOLO dataset plus manifest under ``out``.
 
     Splits are patient-grouped and multi-label stratified; a dataset's official test split is kept when
-    ``options.keep_official_test`` (the rest is split into train/val). Images that fail to decode are
+    ``options.keep_official_test`` (the rest is split into train/val); ``options.split_tables`` gives the
+    splits instead (checked for shared patients before anything is decoded). Images that fail to decode are
     skipped and listed, never fatal. Raises DatasetError when nothing at all could be prepared.
     """
     opts = options or PrepareOptions()
     out = Path(out)
+    given = None
+    if opts.split_tables:
+        from hybridcxr.data.split_tables import table_splits
+
+        given = table_splits(opts.split_tables, opts.patient_column)  # refuses leaking tables, before any work
     out.mkdir(parents=True, exist_ok=True)
     _remove_leftover_temp_files(out)
     findings = tables.findings
     studies = tables.studies.copy()
+    table_notes: list[str] = []
+    if given is not None:
+        from hybridcxr.data.split_tables import apply_table_splits
+
+        studies, table_notes = apply_table_splits(studies, given)
 
     missing = studies["path"].isna()
     skipped = [Skipped(i, "", "image file not found under the dataset root") for i in studies.loc[missing, "image_id"]]
@@ -154,7 +190,7 @@ def prepare(tables: SourceTables, out: str | Path, options: PrepareOptions | Non
     if studies.empty:
         raise DatasetError(out, f"none of the {len(tables.studies)} images of {tables.name} was found on disk")
 
-    studies = _split(studies, findings, opts)
+    studies = _split(studies, findings, opts, given is not None)
     records, decoded, reused, warn_texts = _decode_all(studies, out, opts, skipped)
     done = studies[studies["image_id"].isin(records)].reset_index(drop=True)
     if done.empty:
@@ -176,7 +212,7 @@ def prepare(tables: SourceTables, out: str | Path, options: PrepareOptions | Non
     write_csv(out / "skipped.csv", pd.DataFrame([vars(s) for s in skipped], columns=["image_id", "path", "reason"]))
     split_summary = summarize(done, findings)
     result = PrepareResult(out, tables.name, findings, manifest, fused, skipped, stats, split_summary,
-                           decoded, reused, warn_texts, [*tables.notes, *split_summary.notes])
+                           decoded, reused, warn_texts, [*tables.notes, *table_notes, *split_summary.notes])
     write_json(layout.summary, result.summary())
     return result
 
@@ -189,9 +225,15 @@ def _remove_leftover_temp_files(out: Path) -> None:
                 leftover.unlink()
 
 
-def _split(studies: pd.DataFrame, findings: tuple[str, ...], opts: PrepareOptions) -> pd.DataFrame:
-    """Assign patient-grouped splits, keeping the dataset's official test split when asked."""
+def _split(studies: pd.DataFrame, findings: tuple[str, ...], opts: PrepareOptions, given: bool = False) -> pd.DataFrame:
+    """Assign patient-grouped splits, keeping the dataset's official test split when asked (or, ``given``, the
+    splits of the user's tables: only the patients of a two-table train table are divided into train/val)."""
     studies = studies.copy()
+    if given:
+        studies, _ = assign_splits(studies, findings, fractions=tuple(opts.split), names=SPLITS, seed=opts.seed,
+                                   keep_existing=True)
+        check_leakage(studies)
+        return studies
     official = studies["split"].astype(str)
     keep = opts.keep_official_test and (official == "test").any() and (official != "test").any()
     studies["split"] = np.where(keep & (official == "test"), "test", "")
