@@ -1,6 +1,7 @@
 """Benchmark the hybrid: test mAP@0.4 of the detector alone and gated by the classifier, and calibration.
 
     python tools/bench_hybrid.py [--out runs/bench_hybrid] [--n 240] [--epochs 30] [--imgsz 256] [--skip-nih]
+                                 [--reuse demo-out] [--nih-from runs/bench_classifier]
 
 1. Phantoms (about 30% normal images): phantom DICOMs, prepared, a YOLOv8n trained from scratch, the fusion
    classifier trained on its features (the gating rule chosen on the validation split as `train classifier`
@@ -10,7 +11,9 @@
    same comparison on the test split, reported whatever it shows.
 3. Calibration: validation and test macro ECE and Brier of each classifier with and without its temperatures.
 
-Each stage is skipped when its output exists, so a re-run only prints.
+Each stage is skipped when its output exists, so a re-run only prints. ``--reuse DEMO_OUT`` takes the phantom
+models of a finished ``hybridcxr demo`` (its prepared/, detector/ and classifier/) instead of training new
+ones; ``--nih-from`` a folder with tools/run_real.py's NIH runs (nih-prepared/, nih-detector/, nih-classifier/).
 """
 
 from __future__ import annotations
@@ -123,9 +126,14 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=256, help="detector input size on the phantoms")
     parser.add_argument("--nih-det-epochs", type=int, default=10, help="detector epochs on NIH")
     parser.add_argument("--skip-nih", action="store_true", help="phantoms only")
+    parser.add_argument("--reuse", help="a finished demo's output folder: its phantom models")
+    parser.add_argument("--nih-from", help="a folder holding tools/run_real.py's NIH runs")
     args = parser.parse_args()
     out = Path(args.out)
-    prepared, _, cls = phantom_runs(out / "phantoms", args.n, args.epochs, args.imgsz)
+    if args.reuse:
+        prepared, cls = Path(args.reuse) / "prepared", Path(args.reuse) / "classifier"
+    else:
+        prepared, _, cls = phantom_runs(out / "phantoms", args.n, args.epochs, args.imgsz)
     gated_vs_ungated("phantoms", prepared, cls, out)
     calibration_lines("phantoms", prepared, cls)
     if args.skip_nih:
@@ -135,7 +143,14 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "tools"))
     from run_real import run_nih
 
-    nih_prepared, _, nih_cls, _ = run_nih(out / "nih", args.nih_det_epochs)
+    nih_prepared, nih_det, nih_cls, _ = run_nih(Path(args.nih_from) if args.nih_from else out / "nih",
+                                                args.nih_det_epochs)
+    if "gating" not in json.loads((nih_cls / "model" / "card.json").read_text()):  # made before gating existed
+        from hybridcxr.classify.train import classifier_config, train_classifier
+
+        nih_cls = out / "nih-classifier"
+        if not (nih_cls / "model" / "card.json").is_file():
+            train_classifier(nih_prepared, nih_det, nih_cls, classifier_config({"seed": 0}), progress=False)
     gated_vs_ungated("NIH", nih_prepared, nih_cls, out)
     calibration_lines("NIH", nih_prepared, nih_cls)
 
