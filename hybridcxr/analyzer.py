@@ -15,6 +15,7 @@ import numpy as np
 
 from hybridcxr.detect.predict import Detection, Detector
 from hybridcxr.errors import InputError
+from hybridcxr.io.radiograph import Radiograph
 from hybridcxr.layout import ClassifierLayout
 from hybridcxr.lungs.measures import LungMeasures
 
@@ -123,6 +124,15 @@ class Analyzer:
             decisions = {f: None if f in self.unlearned else scores[f] >= self.thresholds[f] for f in self.findings}
             out.append(Analysis(d, scores, decisions, age, sex, m))
         return out
+
+    def analyze_radiographs(self, radiographs: Sequence[Radiograph], ages: Sequence[float | None] | None = None,
+                            sexes: Sequence[str | None] | None = None) -> list[Analysis]:
+        """Detect and classify decoded radiographs together (the service's batches; one radiograph: one request).
+
+        The detector's forward passes take ``batch_predict`` images each, the CNN and the head the whole list;
+        the answers are in the order given. Demographics from the headers unless given.
+        """
+        return self.analyze(self.detector.predict(radiographs, features=True), ages, sexes)
 
     def analyze_paths(self, paths: Sequence[Path], *, demographics: Mapping[str, tuple[float | None, str | None]] | None = None,
                       on_error=None, on_done=None, allow_modality: bool = False,
