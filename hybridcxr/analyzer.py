@@ -16,6 +16,7 @@ import pandas as pd
 
 from hybridcxr.detect.predict import Detection, Detector
 from hybridcxr.errors import InputError
+from hybridcxr.io.radiograph import Radiograph
 from hybridcxr.layout import ClassifierLayout
 from hybridcxr.lungs.measures import LungMeasures
 
@@ -157,6 +158,15 @@ class Analyzer:
         probs = np.array([[analysis.probabilities[f] for f in self.findings]])
         table = probability_table([analysis.image_id], probs, self.findings, self.unlearned)
         return gate(raw, table, self.gating or UNGATED, [analysis.image_id])
+
+    def analyze_radiographs(self, radiographs: Sequence[Radiograph], ages: Sequence[float | None] | None = None,
+                            sexes: Sequence[str | None] | None = None) -> list[Analysis]:
+        """Detect and classify decoded radiographs together (the service's batches; one radiograph: one request).
+
+        The detector's forward passes take ``batch_predict`` images each, the CNN and the head the whole list;
+        the answers are in the order given. Demographics from the headers unless given.
+        """
+        return self.analyze(self.detector.predict(radiographs, features=True), ages, sexes)
 
     def analyze_paths(self, paths: Sequence[Path], *, demographics: Mapping[str, tuple[float | None, str | None]] | None = None,
                       on_error=None, on_done=None, allow_modality: bool = False,

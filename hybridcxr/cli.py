@@ -282,11 +282,14 @@ def serve(
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
     allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="A Host name clients use, besides the --host address's own (repeatable; needed with --host 0.0.0.0). Other Host headers get 400.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds a client may take over its request headers or stall in its body (then 408).")] = 30.0,
-    max_decodes: Annotated[int, typer.Option(help="Uploads decoded and analyzed at once (each holds a full-resolution image).")] = 2,
+    max_decodes: Annotated[int, typer.Option(help="Uploads decoded at once; decoded images waiting for or in the networks hold at most this many full-size images' pixels.")] = 2,
+    batch_window_ms: Annotated[float, typer.Option(help="Milliseconds a batch waits for more requests after its first (0 to 10000).")] = 10.0,
+    max_batch: Annotated[int, typer.Option(help="Requests analyzed together in one batch at most (1 to 64; 1: one at a time, batching off).")] = 8,
 ) -> None:
     """Serve the classifier over HTTP (FastAPI): POST /v1/analyze, overlays, a viewer page at /, docs at /docs.
 
-    Set env HYBRIDCXR_API_KEY to require header X-API-Key on /v1/*.
+    Set env HYBRIDCXR_API_KEY to require header X-API-Key on /v1/*. Requests that arrive together are analyzed
+    as one batch (--max-batch, --batch-window-ms); GET /healthz counts the batches.
     """
     from hybridcxr.serve.app import serve as run_server
     from hybridcxr.serve.guards import trusted_hosts
@@ -295,13 +298,17 @@ def serve(
         raise typer.BadParameter(f"--max-upload-mb must be positive, not {max_upload_mb}")
     if timeout <= 0 or max_decodes < 1:
         raise typer.BadParameter(f"--timeout and --max-decodes must be positive, not {timeout}, {max_decodes}")
+    from hybridcxr.serve.batching import check_batching
+
     try:
         trusted_hosts(host, allowed_host)
+        check_batching(batch_window_ms, max_batch)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     with errors():
         run_server(model, host=host, port=port, max_upload_bytes=int(max_upload_mb * (1 << 20)), device=device,
-                   allowed_hosts=allowed_host, timeout=timeout, max_decodes=max_decodes)
+                   allowed_hosts=allowed_host, timeout=timeout, max_decodes=max_decodes,
+                   batch_window_ms=batch_window_ms, max_batch=max_batch)
 
 
 @app.command()

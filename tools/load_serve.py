@@ -1,22 +1,30 @@
-"""Load test of `hybridcxr serve`: a real uvicorn server, concurrent clients, latency and memory growth.
+"""Load test of `hybridcxr serve`: a real uvicorn server, concurrent clients, throughput with batching on and
+off, latency and memory growth.
 
-    python tools/load_serve.py [--model RUN] [--out runs/load_serve] [--clients 8] [--requests 200]
+    python tools/load_serve.py [--model RUN] [--out runs/load_serve] [--clients 8] [--requests 200] [--rounds 4]
+                               [--kinds dicom,png]
                                [--big 8] [--limit-pixels 64000000] [--max-decodes 2]
+                               [--max-batch 8] [--batch-window-ms MS] [--min-speedup 1.5]
 
-Starts `hybridcxr serve` in its own process on 127.0.0.1 (a free port), sends ``--clients`` threads x
-``--requests`` POST /v1/analyze each (httpx, small phantom DICOMs and PNGs in turn), and reports errors, p50/p95
-latency and the server's resident memory (VmRSS of its PID) after the first 100 and after the last 100
-requests. Fails on any error or when memory grew more than ``--max-growth`` (10%) between the two: the
-service keeps a bounded LRU of results, so memory must level off.
+Starts `hybridcxr serve` twice in its own processes on 127.0.0.1 (free ports): batching off (``--max-batch 1``:
+one analysis at a time, as before batching) and on (``--max-batch`` 8, the server's default window unless
+``--batch-window-ms``). The two take turns for ``--rounds`` rounds (the order flipped each round, so a change in
+a shared machine's load falls on both), each round ``--clients`` threads x ``--requests / --rounds`` POST
+/v1/analyze each (httpx, small phantom DICOMs and PNGs in turn; ``--kinds png``: PNGs only). For each server it reports errors, throughput,
+p50/p95 latency, the batches it ran (from /healthz) and its resident memory (VmRSS of its PID) after the first
+100 requests and after the last; then the throughput with batching against without, measured in the same
+invocation (so the ratio, not the machine's speed, is the result). Fails on any error, when either server's
+memory grew more than ``--max-growth`` (10%) between its two readings (the service keeps a bounded LRU of
+results, so memory must level off), or when batching is under ``--min-speedup`` (1.5x) the throughput without.
 
-Then ``--big`` uploads at once (0: skip), each a PNG of ``--limit-pixels`` pixels (the largest the server
-decodes: with less than its 64 million, the server gets ``HYBRIDCXR_MAX_PIXELS`` set to it), and the server's
-peak resident memory while they run (VmHWM, reset before, and VmRSS sampled every 20 ms) is compared with the
-ceiling the service is designed to: the memory before them plus 2 images (the service's default
-``--max-decodes``) x 8 bytes a pixel (the float32 image, the decoder's 8- or 16-bit buffer and working copies;
-measured: about 5.3) x the pixels, plus 256 MiB: 1,233 MiB above the start for 64 Mpx. Fails when the peak
-passes it or an upload is not answered 200. ``--max-decodes 8`` (no bound for 8 uploads) passes it: the check
-tells a bounded server from an unbounded one.
+Then, on the batching server, ``--big`` uploads at once (0: skip), each a PNG of ``--limit-pixels`` pixels (the
+largest the server decodes: with less than its 64 million, the server gets ``HYBRIDCXR_MAX_PIXELS`` set to it),
+and the server's peak resident memory while they run (VmHWM, reset before, and VmRSS sampled every 20 ms) is
+compared with the ceiling the service is designed to: the memory before them plus 2 images (the service's
+default ``--max-decodes``, its pixel budget in images at the limit) x 8 bytes a pixel (the float32 image, the
+decoder's 8- or 16-bit buffer and working copies; measured: about 5.3) x the pixels, plus 256 MiB: 1,233 MiB
+above the start for 64 Mpx. Fails when the peak passes it or an upload is not answered 200. ``--max-decodes 8``
+(no bound for 8 uploads) passes it: the check tells a bounded server from an unbounded one.
 
 Without ``--model`` a tiny phantom run is built first under ``--out`` (phantom DICOMs, 160 px prepared set,
 a YOLOv8n detector trained 1 epoch at 128 px, a small fusion classifier), as the tests' fixtures do, and reused
@@ -73,8 +81,9 @@ def build_phantom_run(out: Path) -> Path:
     return run
 
 
-def load_images(out: Path) -> list[tuple[str, bytes, str]]:
-    """Small uploads: 8 phantom DICOMs of 176 x 160 px and 8 prepared 160 px PNGs, as (name, bytes, type)."""
+def load_images(out: Path, kinds: str = "dicom,png") -> list[tuple[str, bytes, str]]:
+    """Small uploads: 8 phantom DICOMs of 176 x 160 px and 8 prepared 160 px PNGs, as (name, bytes, type); only
+    the ``kinds`` named (a DICOM upload's answer includes building its Structured Report)."""
     from hybridcxr.data.phantom import make_phantom_dataset
 
     small = out / "small-dicoms"
@@ -82,8 +91,9 @@ def load_images(out: Path) -> list[tuple[str, bytes, str]]:
         make_phantom_dataset(small, n=8, seed=11, size=(176, 160))
     dicoms = sorted(small.rglob("*.dicom"))[:8]
     pngs = sorted((out / "prepared" / "images").rglob("*.png"))[:8] if (out / "prepared").is_dir() else []
-    files = [(p.name, p.read_bytes(), "application/dicom") for p in dicoms]
-    files += [(p.name, p.read_bytes(), "image/png") for p in pngs]
+    wanted = {kind.strip() for kind in kinds.split(",")}
+    files = [(p.name, p.read_bytes(), "application/dicom") for p in dicoms] if "dicom" in wanted else []
+    files += [(p.name, p.read_bytes(), "image/png") for p in pngs] if "png" in wanted else []
     if not files:
         sys.exit(f"no load images found under {out}")
     return files
@@ -104,8 +114,9 @@ def rss_mib(pid: int) -> float:
 
 
 def start_server(run: Path, port: int, log: Path, max_decodes: int = 2,
-                 env_extra: dict[str, str] | None = None) -> subprocess.Popen:
-    """`hybridcxr serve` in its own process (its log to ``log``); returns once /healthz answers."""
+                 env_extra: dict[str, str] | None = None, options: list[str] | None = None) -> subprocess.Popen:
+    """`hybridcxr serve` (with more ``options``) in its own process (its log to ``log``); returns once /healthz
+    answers."""
     import httpx
 
     env = {**os.environ, "YOLO_OFFLINE": "1", "HYBRIDCXR_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
@@ -113,7 +124,8 @@ def start_server(run: Path, port: int, log: Path, max_decodes: int = 2,
     env.pop("HYBRIDCXR_API_KEY", None)
     with log.open("wb") as handle:
         server = subprocess.Popen([sys.executable, "-m", "hybridcxr.cli", "serve", "--model", str(run), "--port",
-                                   str(port), "--device", "cpu", "--max-decodes", str(max_decodes)],
+                                   str(port), "--device", "cpu", "--max-decodes", str(max_decodes),
+                                   *(options or [])],
                                   stdout=handle, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -261,54 +273,115 @@ def report_big(args: argparse.Namespace, big: dict, width: int, height: int, siz
     return ok
 
 
+def start_mode(args: argparse.Namespace, run: Path, options: list[str]) -> dict:
+    """A server with ``options`` (batching on or off); what the rounds add to is kept in the returned dict."""
+    env = {"HYBRIDCXR_MAX_PIXELS": str(args.limit_pixels)} if args.limit_pixels < DEFAULT_LIMIT else {}
+    port = free_port()
+    name = "server-" + "-".join(o.lstrip("-") for o in options) + ".log"
+    server = start_server(run, port, args.out / name, args.max_decodes, env, options)
+    return {"server": server, "port": port, "pid": server.pid, "options": options, "latencies": [], "errors": [],
+            "wall": 0.0, "total": 0, "rss": {}, "big": None}
+
+
+def run_modes(args: argparse.Namespace, modes: list[dict], files: list, big_data: bytes) -> None:
+    """``--rounds`` rounds, each ``--requests / --rounds`` per client against every server in turn (the order
+    flipped each round, so a change in the machine's load falls on both); then the batches each ran, the
+    large uploads on the last server, and every server stopped."""
+    import httpx
+
+    per_round = max(1, args.requests // args.rounds)
+    for index in range(args.rounds):
+        for mode in modes if index % 2 == 0 else modes[::-1]:
+            window = args.window if index == 0 else 0
+            part = hammer(mode["port"], mode["pid"], files, args.clients, per_round, window)
+            mode["latencies"].append(part["latencies"])
+            mode["errors"] += part["errors"]
+            mode["wall"] += part["wall"]
+            mode["total"] += part["total"]
+            mode["rss"].setdefault("first", part["rss"].get("first", part["rss"]["last"]))
+            mode["rss"]["last"] = part["rss"]["last"]
+    for mode in modes:
+        mode["latencies"] = np.concatenate(mode["latencies"])
+        mode["batching"] = httpx.get(f"http://127.0.0.1:{mode['port']}/healthz", timeout=30).json()["batching"]
+    if big_data:
+        modes[-1]["big"] = big_uploads(modes[-1]["port"], modes[-1]["pid"], big_data, args.big)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="classifier run folder [a tiny phantom run]")
     parser.add_argument("--out", type=Path, default=Path("runs/load_serve"))
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=200, help="per client")
+    parser.add_argument("--requests", type=int, default=200, help="per client and server")
+    parser.add_argument("--rounds", type=int, default=4, help="turns the servers take (the requests split evenly)")
     parser.add_argument("--window", type=int, default=100, help="requests before the first memory reading")
     parser.add_argument("--max-growth", type=float, default=0.10)
     parser.add_argument("--big", type=int, default=8, help="concurrent uploads at the pixel limit (0: none)")
     parser.add_argument("--limit-pixels", type=int, default=DEFAULT_LIMIT, help="the server's pixel limit")
     parser.add_argument("--max-decodes", type=int, default=2, help="the server's --max-decodes")
     parser.add_argument("--bytes-per-pixel", type=float, default=8, help="memory one decoded image may take")
+    parser.add_argument("--max-batch", type=int, default=8, help="the batching server's --max-batch")
+    parser.add_argument("--batch-window-ms", type=float, default=None, help="its --batch-window-ms [the server's]")
+    parser.add_argument("--kinds", default="dicom,png", help="small uploads sent: dicom, png or both")
+    parser.add_argument("--min-speedup", type=float, default=1.5, help="batching's throughput over none, at least")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     run = args.model or build_phantom_run(args.out)
-    files = load_images(args.out)
+    files = load_images(args.out, args.kinds)
     big_data, width, height = big_png(args.limit_pixels) if args.big else (b"", 0, 0)
-    env = {"HYBRIDCXR_MAX_PIXELS": str(args.limit_pixels)} if args.limit_pixels < DEFAULT_LIMIT else {}
-    port = free_port()
-    server = start_server(run, port, args.out / "server.log", args.max_decodes, env)
+    window = [] if args.batch_window_ms is None else ["--batch-window-ms", f"{args.batch_window_ms:g}"]
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
+    off = start_mode(args, run, ["--max-batch", "1"])
     try:
-        result = hammer(port, server.pid, files, args.clients, args.requests, args.window)
-        big = big_uploads(port, server.pid, big_data, args.big) if args.big else None
+        on = start_mode(args, run, ["--max-batch", str(args.max_batch), *window])
+        try:
+            run_modes(args, [off, on], files, big_data)
+        finally:
+            stop(on["server"])
     finally:
-        stop(server)
-    failed = not report_small(args, run, port, server.pid, files, result)
-    if big is not None:
-        failed = not report_big(args, big, width, height, len(big_data)) or failed
+        stop(off["server"])
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    failed = not report_small(args, run, files, off, "batching off")
+    failed = not report_small(args, run, files, on, "batching on") or failed
+    failed = not report_speedup(args, off, on) or failed
+    if on["big"] is not None:
+        failed = not report_big(args, on["big"], width, height, len(big_data)) or failed
     print("RESULT " + ("FAIL" if failed else "PASS"))
     return 1 if failed else 0
 
 
-def report_small(args: argparse.Namespace, run: Path, port: int, pid: int, files: list, result: dict) -> bool:
-    """Print the many-small-requests run; True when it had no error and memory levelled off."""
+def report_small(args: argparse.Namespace, run: Path, files: list, result: dict, label: str) -> bool:
+    """Print one server's many-small-requests run; True when it had no error and memory levelled off."""
     lat = result["latencies"] * 1000
     first, last = result["rss"]["first"], result["rss"]["last"]
     growth = (last - first) / first
     cores = len(os.sched_getaffinity(0))
-    print(f"server: hybridcxr serve --model {run} on 127.0.0.1:{port} (pid {pid}), cores: {cores}")
-    print(f"uploads: {len(files)} small files in turn ({', '.join(sorted({f[2] for f in files}))})")
-    print(f"requests: {result['total']} ({args.clients} clients x {args.requests}) in {result['wall']:.1f} s, "
-          f"{result['total'] / result['wall']:.1f} requests/s")
-    print(f"errors: {len(result['errors'])}" + (f" (first: {result['errors'][0]})" if result["errors"] else ""))
-    print(f"latency: p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms, "
+    batching = result["batching"]
+    print(f"[{label}] server: hybridcxr serve --model {run} {' '.join(result['options'])} on "
+          f"127.0.0.1:{result['port']} (pid {result['pid']}), cores: {cores}")
+    print(f"[{label}] uploads: {len(files)} small files in turn ({', '.join(sorted({f[2] for f in files}))})")
+    print(f"[{label}] requests: {result['total']} ({args.clients} clients x {result['total'] // args.clients}, "
+          f"{args.rounds} rounds) in {result['wall']:.1f} s, {result['total'] / result['wall']:.1f} requests/s")
+    print(f"[{label}] batches: {batching['batches']} for {batching['images']} images, mean "
+          f"{batching['images'] / max(1, batching['batches']):.2f}, largest {batching['largest']} "
+          f"(max {batching['max_batch']}, window {batching['window_ms']:g} ms)")
+    print(f"[{label}] errors: {len(result['errors'])}" + (f" (first: {result['errors'][0]})" if result["errors"] else ""))
+    print(f"[{label}] latency: p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms, "
           f"max {lat.max():.0f} ms")
-    print(f"server RSS: {first:.1f} MiB after the first {args.window} requests, {last:.1f} MiB after the last "
-          f"{args.window}: growth {100 * growth:+.1f}% (limit {100 * args.max_growth:.0f}%)")
+    print(f"[{label}] server RSS: {first:.1f} MiB after the first {args.window} requests, {last:.1f} MiB after "
+          f"the last: growth {100 * growth:+.1f}% (limit {100 * args.max_growth:.0f}%)")
     return not result["errors"] and growth <= args.max_growth
+
+
+def report_speedup(args: argparse.Namespace, off: dict, on: dict) -> bool:
+    """Print batching's throughput against none (same invocation, same clients); True when at least the target."""
+    rate_off, rate_on = off["total"] / off["wall"], on["total"] / on["wall"]
+    ratio = rate_on / rate_off
+    p50_off, p50_on = np.percentile(off["latencies"], 50) * 1000, np.percentile(on["latencies"], 50) * 1000
+    print(f"throughput: batching on {rate_on:.1f} requests/s, off {rate_off:.1f} requests/s: {ratio:.2f}x "
+          f"(target {args.min_speedup:g}x: {'reached' if ratio >= args.min_speedup else 'NOT reached'}); "
+          f"p50 latency {p50_on:.0f} ms against {p50_off:.0f} ms")
+    return ratio >= args.min_speedup
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Routes::
     POST /v1/analyze            multipart field ``file`` (DICOM, PNG or JPEG), optional ``age``, ``sex``
     GET  /v1/overlay/{id}.png   the overlay of a recent analysis (``?boxes=false``: without boxes)
     GET  /v1/sr/{id}.dcm        the DICOM Structured Report (TID 1500) of a recent analysis of a DICOM upload
-    GET  /healthz               liveness; answers while an analysis runs
+    GET  /healthz               liveness; answers while an analysis runs; the batches run so far
     GET  /                      a self-contained viewer page (no CDN, nothing downloaded)
     GET  /docs                  the API described from /openapi.json by a local page (no CDN)
 
@@ -13,6 +13,9 @@ Errors are JSON ``{"error": code, "detail": message}``: 400 a Host header this s
 401 missing or wrong ``X-API-Key`` (when a key is set), 408 a request that came too slowly, 413 upload over
 the limit, 415 not DICOM/PNG/JPEG, 422 undecodable, not a chest radiograph or a malformed request, 500 an
 internal error (logged; no details sent). No error repeats a header the client sent.
+
+Concurrent analyses run in batches (``max_batch`` requests at most, gathered within ``batch_window_ms``; see
+:mod:`hybridcxr.serve.batching`); the app's shutdown finishes the batches queued before it stops the worker.
 
 >>> app = create_app("runs/classifier", max_upload_bytes=20 << 20)  # doctest: +SKIP
 """
@@ -23,7 +26,8 @@ import hmac
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
@@ -38,6 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from hybridcxr import __version__
 from hybridcxr.serve import schema
 from hybridcxr.serve.docs import DOCS_CSP, DOCS_HTML
+from hybridcxr.serve.batching import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BATCH
 from hybridcxr.serve.guards import InternalErrors, TrustedHosts, invalid_request, trusted_hosts
 from hybridcxr.serve.results import overlay_png
 from hybridcxr.serve.server import DEFAULT_HEADER_TIMEOUT, server_config
@@ -77,7 +82,8 @@ def create_app(run: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BY
                device: str | None = None, cache_size: int = 256, max_pixels: int = DEFAULT_MAX_PIXELS,
                host: str = "127.0.0.1", allowed_hosts: Iterable[str] | None = None,
                body_timeout: float = DEFAULT_BODY_TIMEOUT, min_body_rate: float = DEFAULT_MIN_BODY_RATE,
-               max_decodes: int = DEFAULT_MAX_DECODES) -> FastAPI:
+               max_decodes: int = DEFAULT_MAX_DECODES, batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
+               max_batch: int = DEFAULT_MAX_BATCH) -> FastAPI:
     """Load a classifier run once and return the service's FastAPI app.
 
     Args:
@@ -94,20 +100,33 @@ def create_app(run: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BY
             gets 400, so a DNS-rebinding web page cannot drive the service from a browser.
         body_timeout: seconds a request body may stall (and the grace before ``min_body_rate``), else 408.
         min_body_rate: slowest average body rate in bytes/s accepted after that grace.
-        max_decodes: uploads decoded and analyzed at once (each holds a full-resolution image).
+        max_decodes: uploads decoded at once; decoded images waiting for or in the networks hold at most this
+            many images at the pixel limit (each holds a full-resolution image).
+        batch_window_ms: milliseconds a batch waits for more requests after its first arrived (0 to 10000).
+        max_batch: requests analyzed in one batch at most (1 to 64; 1: one at a time, batching off).
 
     Raises:
         InputError: ``run`` is not a usable classifier run folder.
-        ValueError: ``host`` listens on every address and ``allowed_hosts`` is empty.
+        ValueError: ``host`` listens on every address and ``allowed_hosts`` is empty, or a batching setting
+            is out of range.
     """
     hosts = trusted_hosts(host, allowed_hosts)  # before the models load: a usage error fails fast
     service = AnalysisService(run, device=device, max_upload_bytes=max_upload_bytes, cache_size=cache_size,
-                              max_pixels=max_pixels, max_decodes=max_decodes)
+                              max_pixels=max_pixels, max_decodes=max_decodes, batch_window_ms=batch_window_ms,
+                              max_batch=max_batch)
     key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV)) or None  # "": no key
 
-    app = FastAPI(title="hybridcxr", version=__version__, docs_url=None, redoc_url=None,
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(service.close)  # shutdown: the queued batches finish first
+
+    app = FastAPI(title="hybridcxr", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Chest X-ray findings: YOLOv8 boxes fused with CNN embeddings and demographics. "
-                              "Research use only, not for diagnosis.")
+                              "Research use only, not for diagnosis. Requests that arrive together are "
+                              f"analyzed as one batch: up to {max_batch} gathered within {batch_window_ms:g} ms "
+                              "(server options --max-batch, --batch-window-ms); each gets only its own result "
+                              "or error. GET /healthz counts the batches run.")
     app.state.service = service
 
     @app.exception_handler(ServiceError)
@@ -162,10 +181,11 @@ def _add_routes(app: FastAPI, service: AnalysisService) -> None:
 
     app.include_router(v1)
 
-    @app.get("/healthz", response_model=schema.Health, summary="Liveness")
+    @app.get("/healthz", response_model=schema.Health, summary="Liveness, and the batches run so far")
     async def healthz() -> dict:
         return {"status": "ok", "busy": service.busy, "results_kept": len(service.results),
-                "model": f"{service.model['kind']} card v{service.model['card_version']}"}
+                "model": f"{service.model['kind']} card v{service.model['card_version']}",
+                "batching": service.batcher.stats()}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -214,7 +234,8 @@ def configure_logging(level: int = logging.INFO) -> None:
 def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, device: str | None = None,
           allowed_hosts: Iterable[str] | None = None, timeout: float = DEFAULT_HEADER_TIMEOUT,
-          max_decodes: int = DEFAULT_MAX_DECODES) -> None:
+          max_decodes: int = DEFAULT_MAX_DECODES, batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
+          max_batch: int = DEFAULT_MAX_BATCH) -> None:
     """Load the models, then serve the app with uvicorn until interrupted (one process, one model copy).
 
     ``timeout`` bounds the seconds a client may take over its request headers and stall within its body (see
@@ -224,7 +245,8 @@ def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
 
     configure_logging()
     app = create_app(run, max_upload_bytes=max_upload_bytes, device=device, host=host, allowed_hosts=allowed_hosts,
-                     body_timeout=timeout, max_decodes=max_decodes)
+                     body_timeout=timeout, max_decodes=max_decodes, batch_window_ms=batch_window_ms,
+                     max_batch=max_batch)
     if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(API_KEY_ENV):
         log.warning("listening on %s without an API key: set %s or keep 127.0.0.1 behind a proxy", host, API_KEY_ENV)
     uvicorn.Server(server_config(app, host=host, port=port, header_timeout=timeout)).run()

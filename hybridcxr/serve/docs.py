@@ -3,7 +3,8 @@
 FastAPI's own ``/docs`` pulls Swagger UI from a CDN (blank offline, and a third party sees who reads the docs);
 no installed package ships the Swagger UI or ReDoc assets (``fastapi`` links them, ``optuna_dashboard`` has its
 own bundle), and none is downloaded. This page lists every route with its parameters, body fields and
-answers, and links the raw ``openapi.json``. Its script builds the page with ``textContent`` only.
+answers, and links the raw ``openapi.json``; a fixed paragraph says how concurrent requests are batched. Its
+script builds the page with ``textContent`` only.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ padding:0 .25em}table{border-collapse:collapse}td,th{border:1px solid #ddd;paddi
 </style></head>
 <body><h1 id="title">hybridcxr API</h1><p id="about"></p>
 <p>The machine-readable description: <a href="openapi.json">openapi.json</a> (OpenAPI 3).</p>
+<p>Requests that arrive together are analyzed as one batch (server options <code>--max-batch</code>, 1 to switch
+it off, and <code>--batch-window-ms</code>); each request gets only its own result or error, and
+<code>GET /healthz</code> gives the settings and the batches run.</p>
 <div id="routes"><p>Loading openapi.json...</p></div>
 <script>
 "use strict";

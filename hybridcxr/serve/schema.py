@@ -90,6 +90,16 @@ class Error(BaseModel):
     detail: str = Field(description="what is wrong, in words")
 
 
+class Batching(BaseModel):
+    """How the service batches concurrent requests, and the batches run since it started."""
+
+    max_batch: int = Field(description="requests run in one batch at most (server option --max-batch; 1: off)")
+    window_ms: float = Field(description="ms a batch waits for more requests after its first (--batch-window-ms)")
+    batches: int = Field(description="batches run")
+    images: int = Field(description="requests in those batches")
+    largest: int = Field(description="the largest batch run")
+
+
 class Health(BaseModel):
     """Liveness: answered while an analysis runs."""
 
@@ -97,3 +107,4 @@ class Health(BaseModel):
     busy: bool
     results_kept: int
     model: str
+    batching: Batching

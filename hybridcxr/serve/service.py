@@ -1,15 +1,18 @@
-"""The models behind the HTTP face: one :class:`~hybridcxr.pipeline.Analyzer`, one lock, the recent results.
+"""The models behind the HTTP face: one :class:`~hybridcxr.analyzer.Analyzer`, one batch worker, the recent results.
 
 An upload is checked (type by content, size), written to a private temporary folder under a generated id,
 decoded by :func:`hybridcxr.io.read_radiograph` (the CLI's decode) and deleted; the radiograph then goes
-through the Analyzer's own detector and :meth:`~hybridcxr.pipeline.Analyzer.analyze`, the path
-``hybridcxr classify`` takes, so the service and the CLI give the same numbers. Decoding runs outside the
-model lock, the networks inside it (their feature hooks hold per-call state).
+through the Analyzer's :meth:`~hybridcxr.analyzer.Analyzer.analyze_radiographs`, the detector and
+:meth:`~hybridcxr.analyzer.Analyzer.analyze` that ``hybridcxr classify`` runs, so the service and the CLI give
+the same numbers. Decoding runs in the request's thread; the networks run in one worker thread
+(:class:`~hybridcxr.serve.batching.Batcher`) that takes the requests waiting together, up to ``max_batch``
+within ``batch_window_ms``, as one batch (their feature hooks hold per-call state: one batch at a time).
 
 Memory is bounded before anything is decoded: the header's pixel count is checked first and an unreadable
-header is refused (never "let the decoder try": OpenCV decodes what Pillow will not parse), and at most
-``max_decodes`` uploads hold decoded full-resolution pixels at once (a slot is held from decoding until the
-analysis is done), so N uploads at the pixel limit cost ``max_decodes`` images, not N.
+header is refused (never "let the decoder try": OpenCV decodes what Pillow will not parse); at most
+``max_decodes`` uploads decode at once, and decoded images hold a share of a pixel budget of ``max_decodes``
+images at the pixel limit (:class:`~hybridcxr.serve.budget.PixelBudget`, from decoding until the analysis is
+done), so N uploads at the pixel limit cost ``max_decodes`` images, not N, while small ones batch together.
 
 Nothing identifying is logged: the generated id, byte counts, image size, box count and time only.
 """
@@ -21,7 +24,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
@@ -39,6 +43,8 @@ from hybridcxr.errors import (
 )
 from hybridcxr.findings import colour
 from hybridcxr.io.radiograph import Radiograph
+from hybridcxr.serve.batching import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BATCH, Batcher, check_batching
+from hybridcxr.serve.budget import PixelBudget
 from hybridcxr.serve.results import ResultStore, StoredResult, stored_result
 from hybridcxr.serve.uploads import MIB, ServiceError, sniff_upload, too_large
 
@@ -54,7 +60,8 @@ _SUFFIX = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg"}
 #: more (a 140 KB PNG of 12000 x 12000 zeros decodes to 0.6 GB), so the header is checked before decoding.
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_SIDE = 64  # smaller "images" are no radiograph a model should score
-#: Uploads decoded (and analyzed) at once: each may hold a full-resolution float32 image.
+#: Uploads decoded at once, and the pixel budget in images at the pixel limit: each may hold a full-resolution
+#: float32 image.
 DEFAULT_MAX_DECODES = 2
 
 
@@ -63,24 +70,34 @@ class AnalysisService:
 
     def __init__(self, run: str | Path, *, device: str | None = None,
                  max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, cache_size: int = 256,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, max_decodes: int = DEFAULT_MAX_DECODES) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_decodes: int = DEFAULT_MAX_DECODES,
+                 batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS, max_batch: int = DEFAULT_MAX_BATCH) -> None:
         from hybridcxr.analyzer import Analyzer
+        from hybridcxr.io.dicom import max_pixels as decoder_limit
 
         if max_upload_bytes < 1 or max_decodes < 1:
             raise ValueError(f"max_upload_bytes and max_decodes must be positive, not {max_upload_bytes}, "
                              f"{max_decodes}")
+        check_batching(batch_window_ms, max_batch)
         self.analyzer = Analyzer(run, device=device)
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
         self.results = ResultStore(cache_size)
         self.model = model_info(self.analyzer.card, self.analyzer.detector.card)
-        self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(max_decodes)
+        self._decodes = threading.BoundedSemaphore(max_decodes)
+        # an image decoded here is at most the smaller of the two limits (hybridcxr.io refuses above its own)
+        self.pixels = PixelBudget(max_decodes * min(max_pixels, decoder_limit()))
+        self.batcher: Batcher[tuple[Radiograph, float | None, str | None], Analysis] = Batcher(
+            self._analyze_batch, window_ms=batch_window_ms, max_batch=max_batch)
 
     @property
     def busy(self) -> bool:
         """Whether the networks are running now."""
-        return self._lock.locked()
+        return self.batcher.busy
+
+    def close(self) -> None:
+        """Finish the analyses queued for the networks and stop the batch worker (the server's shutdown)."""
+        self.batcher.drain()
 
     def analyze_upload(self, upload: IO[bytes], content_type: str | None, age: str | None = None,
                        sex: str | None = None) -> dict[str, Any]:
@@ -93,16 +110,12 @@ class AnalysisService:
         analysis_id = uuid.uuid4().hex
         start = time.perf_counter()
         given_age, given_sex = self._checked(analysis_id, lambda: parse_demographics(age, sex))
-        with self._slots:  # held while full-resolution pixels are: bounds memory, not only decoding
-            kind, size, radiograph, header = self._checked(analysis_id,
-                                                           lambda: self._read(upload, content_type, analysis_id))
+        with self._decoded(upload, content_type, analysis_id) as (kind, size, radiograph, header):
             age_years = given_age if age else radiograph.age_years
             sex_used = given_sex if sex else radiograph.sex
-            with self._lock:
-                detection = self.analyzer.detector.predict([radiograph], features=True)[0]
-                analysis = self.analyzer.analyze([detection], [age_years], [sex_used])[0]
-            stored = stored_result(radiograph.pixels, detection.boxes, analysis.probabilities, analysis.decisions,
-                                   self.analyzer.findings)
+            analysis = self.batcher.submit((radiograph, age_years, sex_used))  # waits for its batch
+            stored = stored_result(radiograph.pixels, analysis.detection.boxes, analysis.probabilities,
+                                   analysis.decisions, self.analyzer.findings)
             if header is not None:
                 from hybridcxr.dicom_out.outputs import sr_bytes
 
@@ -110,25 +123,36 @@ class AnalysisService:
             record = self._record(analysis_id, kind, size, radiograph, analysis, stored,
                                   given=(bool(age), bool(sex)))
             record["sr"] = f"/v1/sr/{analysis_id}.dcm" if stored.sr else None
-            del radiograph, detection, analysis, header  # the full-resolution image goes with the slot
+            del radiograph, analysis, header  # the full-resolution image goes before its pixels are given back
         self.results.put(analysis_id, stored)
         image = record["image"]
         log.info("analyzed %s: %d bytes, %s %dx%d, %d boxes, %.0f ms", analysis_id, size, kind, image["width"],
                  image["height"], len(record["boxes"]), 1000 * (time.perf_counter() - start))
         return record
 
-    def _read(self, upload: IO[bytes], content_type: str | None,
-              analysis_id: str) -> tuple[str, int, Radiograph, Dataset | None]:
-        """Sniff, store under a private temporary name, check the header's size and decode: (kind, bytes, image,
-        the DICOM header for the SR or None)."""
-        kind = sniff_upload(upload.read(132), content_type)
-        upload.seek(0)
-        with tempfile.TemporaryDirectory(prefix="hybridcxr-serve-") as folder:
-            path = Path(folder) / f"{analysis_id}{_SUFFIX[kind]}"
-            size = _copy_limited(upload, path, self.max_upload_bytes)
-            _check_pixels(path, kind, self.max_pixels)
-            radiograph = _decode(path)
-            return kind, size, radiograph, read_source(path) if kind == "dicom" else None
+    def _analyze_batch(self, items: list[tuple[Radiograph, float | None, str | None]]) -> list[Analysis]:
+        """The batch worker's call: detect and classify the decoded uploads waiting together."""
+        radiographs, ages, sexes = zip(*items)
+        return self.analyzer.analyze_radiographs(list(radiographs), list(ages), list(sexes))
+
+    @contextmanager
+    def _decoded(self, upload: IO[bytes], content_type: str | None,
+                 analysis_id: str) -> Iterator[tuple[str, int, Radiograph, Dataset | None]]:
+        """Sniff, store under a private temporary name, check the header's size, then hold its pixels in the
+        budget and decode (the temporary file is gone before the block runs): (kind, bytes, image, the DICOM
+        header for the SR or None). The pixels are given back when the block ends."""
+        with ExitStack() as held:
+            def read() -> tuple[str, int, Radiograph, Dataset | None]:
+                kind = sniff_upload(upload.read(132), content_type)
+                upload.seek(0)
+                with tempfile.TemporaryDirectory(prefix="hybridcxr-serve-") as folder:
+                    path = Path(folder) / f"{analysis_id}{_SUFFIX[kind]}"
+                    size = _copy_limited(upload, path, self.max_upload_bytes)
+                    held.enter_context(self.pixels.hold(_check_pixels(path, kind, self.max_pixels)))
+                    with self._decodes:
+                        return kind, size, _decode(path), read_source(path) if kind == "dicom" else None
+
+            yield self._checked(analysis_id, read)
 
     @staticmethod
     def _checked(analysis_id: str, step: Callable[[], _T]) -> _T:
@@ -232,8 +256,8 @@ def _copy_limited(upload: IO[bytes], path: Path, limit: int) -> int:
     return size
 
 
-def _check_pixels(path: Path, kind: str, max_pixels: int) -> None:
-    """422 before decoding where the header claims more than ``max_pixels``, a side under MIN_SIDE or more than
+def _check_pixels(path: Path, kind: str, max_pixels: int) -> int:
+    """The pixels the header claims (width x height); 422 before decoding where the header claims more than ``max_pixels``, a side under MIN_SIDE or more than
     one frame, and where it cannot be read at all: the check fails closed (a decoder would try anyway, and
     OpenCV decodes PNGs Pillow refuses, a gigabyte at a time)."""
     try:
@@ -254,6 +278,7 @@ def _check_pixels(path: Path, kind: str, max_pixels: int) -> None:
         raise ServiceError(422, "not_a_radiograph", f"not a chest radiograph: {width} x {height} pixels is too small")
     if frames > 1:
         raise ServiceError(422, "not_a_radiograph", f"not a chest radiograph: {frames} frames (one is expected)")
+    return width * height
 
 
 def _claimed_size(path: Path, kind: str) -> tuple[int | None, int | None, int]:

@@ -73,7 +73,7 @@ def _refused(call, status: int, code: str) -> ServiceError:
 def test_image_headers_are_checked_before_decoding(tmp_path, suffix, kind, width, height, max_pixels, code):
     path = _image(tmp_path / f"upload{suffix}", width, height)
     if code is None:
-        assert _check_pixels(path, kind, max_pixels) is None
+        assert _check_pixels(path, kind, max_pixels) == width * height  # the pixels the budget counts
     else:
         error = _refused(lambda: _check_pixels(path, kind, max_pixels), 422, code)
         assert f"{width} x {height}" in error.detail and str(tmp_path) not in error.detail
@@ -85,7 +85,7 @@ def test_dicom_rows_and_columns_are_checked_without_reading_pixel_data(tmp_path)
     assert "40000 x 40000" in error.detail and "64,000,000" in error.detail
     thin = _dicom(tmp_path / "thin.dcm", Rows=2000, Columns=10)
     _refused(lambda: _check_pixels(thin, "dicom", DEFAULT_MAX_PIXELS), 422, "not_a_radiograph")
-    assert _check_pixels(_dicom(tmp_path / "ok.dcm", Rows=2000, Columns=1500), "dicom", DEFAULT_MAX_PIXELS) is None
+    assert _check_pixels(_dicom(tmp_path / "ok.dcm", Rows=2000, Columns=1500), "dicom", DEFAULT_MAX_PIXELS) == 3_000_000
 
 
 @pytest.mark.parametrize(("name", "content", "kind", "code"), [
