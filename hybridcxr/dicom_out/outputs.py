@@ -12,6 +12,7 @@ import io
 import json
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -44,13 +45,14 @@ def write_capture(path: Path, rgb: np.ndarray, radiograph: Radiograph, *, model:
     return export_secondary_capture(rgb, radiograph, path, model=model, source=source_header(radiograph))
 
 
-def sr_bytes(analysis: Any, source: Dataset, *, model: str) -> bytes | None:
-    """The SR of an analysis as DICOM file bytes (the service's ``sr`` output); None where ``source`` has no
-    SOP Instance to reference."""
+def sr_bytes(analysis: Any, source: Dataset, *, model: str,
+             build: Callable[[Dataset], Dataset] | None = None) -> bytes | None:
+    """The SR of an analysis (or what ``build`` makes of ``source``) as DICOM file bytes (the service's ``sr``
+    output); None where ``source`` has no SOP Instance to reference."""
     from hybridcxr.dicom_out.sr import sr_from_analysis
 
     try:
-        sr = sr_from_analysis(analysis, source, model=model)
+        sr = build(source) if build is not None else sr_from_analysis(analysis, source, model=model)
     except InputError:
         return None
     buffer = io.BytesIO()

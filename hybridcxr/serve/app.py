@@ -173,7 +173,8 @@ def _add_routes(app: FastAPI, service: AnalysisService) -> None:
     async def structured_report(analysis_id: str) -> Response:
         if not _ID.match(analysis_id):
             raise ServiceError(404, "unknown_id", "not an analysis id (32 hexadecimal digits)")
-        sr = service.stored(analysis_id).sr
+        lazy = service.stored(analysis_id).sr
+        sr = None if lazy is None else await run_in_threadpool(lazy.get)
         if sr is None:
             raise ServiceError(404, "no_sr", "this analysis was of a PNG or JPEG upload: a Structured Report "
                                              "references a DICOM instance, so there is none")

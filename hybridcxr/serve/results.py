@@ -1,8 +1,9 @@
 """Recent analyses kept for their overlays: a bounded LRU, so the service's memory does not grow with traffic.
 
 Each entry keeps the radiograph shrunk to the overlay's size as 8-bit grey (at most 1 MiB for the default
-1024 px), its boxes and probabilities and, for a DICOM upload, its Structured Report (a few kB), never the
-float pixels (4 MiB per 1024 px image) or the upload.
+1024 px), its boxes and probabilities and, for a DICOM upload, its Structured Report (made on first request
+from the kept header, boxes and calls: a few kB), never the float pixels (4 MiB per 1024 px image) or the
+upload.
 Overlays are drawn on request with :func:`hybridcxr.viz.overlay.draw_overlay`.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import io
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,24 @@ class StoredResult:
     probabilities: dict[str, float]
     decisions: dict[str, bool]
     findings: tuple[str, ...]
-    sr: bytes | None = None  # the DICOM SR of a DICOM upload (a few kB), None for PNG/JPEG
+    sr: LazyReport | None = None  # the DICOM SR of a DICOM upload, made when first asked for; None for PNG/JPEG
+
+
+class LazyReport:
+    """A DICOM SR made on first request and kept (a few kB): building one costs far more CPU than analysing
+    the image (highdicom, pure Python), and most clients never ask for it."""
+
+    def __init__(self, make: Callable[[], bytes | None]) -> None:
+        self._make: Callable[[], bytes | None] | None = make
+        self._bytes: bytes | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> bytes | None:
+        """The SR's bytes (None where the source has no instance to reference)."""
+        with self._lock:
+            if self._make is not None:
+                self._bytes, self._make = self._make(), None  # the inputs go once the SR is made
+            return self._bytes
 
 
 def shrink(pixels: np.ndarray, max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:

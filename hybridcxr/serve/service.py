@@ -45,7 +45,7 @@ from hybridcxr.findings import colour
 from hybridcxr.io.radiograph import Radiograph
 from hybridcxr.serve.batching import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BATCH, Batcher, check_batching
 from hybridcxr.serve.budget import PixelBudget
-from hybridcxr.serve.results import ResultStore, StoredResult, stored_result
+from hybridcxr.serve.results import LazyReport, ResultStore, StoredResult, stored_result
 from hybridcxr.serve.uploads import MIB, ServiceError, sniff_upload, too_large
 
 if TYPE_CHECKING:
@@ -116,10 +116,8 @@ class AnalysisService:
             analysis = self.batcher.submit((radiograph, age_years, sex_used))  # waits for its batch
             stored = stored_result(radiograph.pixels, analysis.detection.boxes, analysis.probabilities,
                                    analysis.decisions, self.analyzer.findings)
-            if header is not None:
-                from hybridcxr.dicom_out.outputs import sr_bytes
-
-                stored = replace(stored, sr=sr_bytes(analysis, header, model=self.analyzer.model_version))
+            if header is not None and header.get("SOPInstanceUID"):
+                stored = replace(stored, sr=self._lazy_report(analysis, header))
             record = self._record(analysis_id, kind, size, radiograph, analysis, stored,
                                   given=(bool(age), bool(sex)))
             record["sr"] = f"/v1/sr/{analysis_id}.dcm" if stored.sr else None
@@ -129,6 +127,21 @@ class AnalysisService:
         log.info("analyzed %s: %d bytes, %s %dx%d, %d boxes, %.0f ms", analysis_id, size, kind, image["width"],
                  image["height"], len(record["boxes"]), 1000 * (time.perf_counter() - start))
         return record
+
+    def _lazy_report(self, analysis: Analysis, header: Dataset) -> LazyReport:
+        """The SR of a DICOM upload, made when first asked for (from the header and the calls, not the pixels)."""
+        from hybridcxr.dicom_out.outputs import sr_bytes
+        from hybridcxr.dicom_out.sr import structured_report
+
+        boxes, path = analysis.detection.boxes.copy(), analysis.detection.radiograph.meta.path
+        probabilities, decisions = dict(analysis.probabilities), dict(analysis.decisions)
+        model = self.analyzer.model_version
+
+        def make() -> bytes | None:
+            return sr_bytes(None, header, model=model, build=lambda source: structured_report(
+                boxes, source, model=model, path=path, probabilities=probabilities, decisions=decisions))
+
+        return LazyReport(make)
 
     def _analyze_batch(self, items: list[tuple[Radiograph, float | None, str | None]]) -> list[Analysis]:
         """The batch worker's call: detect and classify the decoded uploads waiting together."""

@@ -145,6 +145,19 @@ def test_dicom_upload_has_a_structured_report_in_its_study(client, shared_data, 
     assert dciodvfy_errors(out) == []
 
 
+def test_the_structured_report_is_made_on_first_request_and_kept(client, shared_data, monkeypatch):
+    import hybridcxr.dicom_out.sr as sr_module
+
+    made = []
+    real = sr_module.structured_report
+    monkeypatch.setattr(sr_module, "structured_report", lambda *a, **k: made.append(1) or real(*a, **k))
+    body = post(client, shared_data / SIIM).json()
+    assert body["sr"] and made == []  # the POST answers without building it
+    first = client.get(body["sr"])
+    second = client.get(body["sr"])
+    assert first.status_code == second.status_code == 200 and first.content == second.content and made == [1]
+
+
 def test_png_upload_has_no_structured_report(client, shared_data):
     body = post(client, shared_data / NIH_PNG).json()
     assert body["sr"] is None
