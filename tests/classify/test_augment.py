@@ -22,7 +22,7 @@ from hybridcxr.classify.augment import (
     with_views,
 )
 from hybridcxr.classify.cache import FeatureCache, StaleCacheError, view_cache
-from hybridcxr.classify.train import SplitData, classifier_config, train_classifier
+from hybridcxr.classify.train import SplitData, classifier_config, train_classifier, training_split
 
 FAST = {"epochs": 3, "patience": 3, "backbone_size": 64, "hidden": [32]}
 STRONG = {"aug_p": 1.0, "aug_rotate": 10.0, "aug_brightness": 0.3, "aug_contrast": 0.3, "aug_noise": 0.05}
@@ -123,6 +123,12 @@ def test_views_of_every_training_image_are_cached_and_recorded(augmented):
     assert card["augmentation"] == augmentation_card(config, [*train.image_ids, *sorted(expected)])
     assert card["augmentation"]["training_rows"] == {"images": len(train.image_ids), "views": int(counts.sum())}
     assert card["augmentation"]["applied"] == "cached views" and card["augmentation"]["hflip"] is False
+    cache = FeatureCache(out / "features", base)
+    rows = training_split(folder / "prepared", cache, findings, config)  # no models: the views are cached
+    source = [train.image_ids.index(i.split("~aug")[0]) for i in rows.image_ids]
+    np.testing.assert_array_equal(rows.labels, train.labels[source])
+    assert rows.sex == [train.sex[i] for i in source]
+    assert {g: x.shape[1] for g, x in rows.features.items()} == {g: x.shape[1] for g, x in train.features.items()}
 
 
 def test_a_view_is_its_image_augmented_then_seen_by_the_same_models(augmented):
