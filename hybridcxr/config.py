@@ -103,6 +103,12 @@ class Gating(StrEnum):
     none = "none"
 
 
+class Oversample(StrEnum):
+    """Which training images get more augmented views: none, or those carrying the rarer findings."""
+    none = "none"
+    rare = "rare"
+
+
 class Crop(StrEnum):
     """What the CNN embedding sees: the whole radiograph, or the lung-field box (with a margin)."""
     none = "none"
@@ -233,10 +239,26 @@ class ClassifierConfig(JobConfig):
     backbone_lr: float
     e2e_batch_size: int
     e2e_workers: int
+    augment: bool
+    augment_views: int
+    oversample: Oversample
+    oversample_max: int
+    aug_p: float
+    aug_rotate: float
+    aug_scale: float
+    aug_shift: float
+    aug_brightness: float
+    aug_contrast: float
+    aug_gamma: float
+    aug_clahe: float
+    aug_noise: float
+    hflip: bool
 
     def __post_init__(self) -> None:
         """The rules that link fields: the ``lungs`` group and the lung crop need a lung model (``lungs=RUN``);
-        the group is dropped from the default list when none is given."""
+        the group is dropped from the default list when none is given. Cached augmented views are for the
+        cached-feature head (end to end, the images are augmented every epoch instead), and oversampling
+        multiplies views, so it needs some."""
         where = CONFIG_DIR / "classifier.yaml"
         if self.lungs is None:
             if self.crop == Crop.lungs:
@@ -247,6 +269,12 @@ class ClassifierConfig(JobConfig):
             object.__setattr__(self, "groups", groups)
         if self.end_to_end and self.crop == Crop.lungs:
             raise ConfigError(where, "end_to_end=true fine-tunes the CNN on whole prepared images: use crop=none")
+        if self.end_to_end and self.augment_views:
+            raise ConfigError(where, "augment_views is for the cached-feature head; end_to_end=true augments the "
+                                     "training images every epoch instead (augment=true): set augment_views=0")
+        if self.oversample != Oversample.none and not self.augment_views:
+            raise ConfigError(where, "oversample=rare gives rare findings' images more augmented views: "
+                                     "set augment_views to 1 or more")
 
 
 @dataclass(frozen=True, eq=False)
@@ -322,6 +350,17 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("classifier", "gcn_p"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("classifier", "lr"): (lambda v: v > 0, "positive"),
     ("classifier", "backbone_size"): (lambda v: 32 <= v <= 2048, "between 32 and 2048"),
+    ("classifier", "augment_views"): (lambda v: 0 <= v <= 64, "between 0 and 64"),
+    ("classifier", "oversample_max"): (lambda v: 1 <= v <= 64, "between 1 and 64"),
+    ("classifier", "aug_p"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("classifier", "aug_rotate"): (lambda v: 0 <= v <= 30, "between 0 and 30 degrees"),
+    ("classifier", "aug_scale"): (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
+    ("classifier", "aug_shift"): (lambda v: 0 <= v <= 0.3, "in [0, 0.3]"),
+    ("classifier", "aug_brightness"): (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
+    ("classifier", "aug_contrast"): (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
+    ("classifier", "aug_gamma"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("classifier", "aug_clahe"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("classifier", "aug_noise"): (lambda v: 0 <= v <= 0.2, "in [0, 0.2]"),
     ("detector", "imgsz"): (lambda v: 32 <= v <= 4096, "between 32 and 4096"),
     ("detector", "conf"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("lungs", "imgsz"): (lambda v: 32 <= v <= 2048, "between 32 and 2048"),

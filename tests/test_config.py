@@ -106,3 +106,20 @@ def test_the_lungs_group_and_crop_follow_the_lung_model():
         load_config("classifier", overrides={"lungs": "runs/lungs", "crop": "lungs", "end_to_end": True})
     with pytest.raises(ConfigError, match="crop_margin"):
         load_config("classifier", overrides={"crop_margin": 0.9})
+
+
+def test_the_config_rules_of_augmentation():
+    from hybridcxr.config import load_config
+
+    config = load_config("classifier")
+    assert config.hflip is False and config.augment_views == 0 and config.oversample == "none"
+    with pytest.raises(ConfigError, match="set augment_views to 1 or more"):
+        load_config("classifier", overrides={"oversample": "rare"})
+    with pytest.raises(ConfigError, match="end_to_end=true augments the training images every epoch"):
+        load_config("classifier", overrides={"end_to_end": True, "augment_views": 2})
+    with pytest.raises(ConfigError, match="aug_rotate must be between 0 and 30 degrees"):
+        load_config("classifier", overrides={"aug_rotate": 45})
+    with pytest.raises(ConfigError, match="augment_views must be between 0 and 64"):
+        load_config("classifier", overrides={"augment_views": -1})
+    with pytest.raises(ConfigError, match="oversample 'often' is not one of none, rare"):
+        load_config("classifier", overrides={"augment_views": 1, "oversample": "often"})

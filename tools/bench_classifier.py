@@ -2,6 +2,7 @@
 
     python tools/bench_classifier.py [--out runs/bench_classifier] [--det-epochs 10] [--skip-nih]
                                      [--lungs-model runs/bench_lungs] [--only-lungs] [--head mlp|gcn]
+                                     [--only-augment [--augment-views 2] [--oversample]]
 
 1. NIH (../shared/data/nih, 477 real images, patient-grouped split): prepare, train the detector on the
    boxed images (NIH + ChestX-Det10 boxes, fused), train the classifier, evaluate it on the test split with
@@ -11,6 +12,10 @@
    add the lung segmenter of tools/bench_lungs.py (trained on ../shared/data/lung-masks; made if absent): the
    ``lungs`` feature group, the CNN on the lung-field crop, and both. Each is scored on the same test split;
    the table gives test AUROC per finding for the four variants, and the macro mean.
+1c. Augmentation on NIH (issue 13, ``--only-augment``): with the same prepared data and detector, the MLP and the
+   label-graph (GCN) head each trained without and with ``augment_views=K`` cached augmented views per training
+   image (``--oversample``: also with ``oversample=rare``); one feature cache for all, so the views are computed
+   once. The table gives test macro AUROC with its patient-cluster bootstrap CI, and validation macro AUROC.
 2. Phantoms: the classifier on the phantoms of tools/bench_detector.py (its prepared folder and detector, made
    if absent): validation macro AUROC, which should be at least 0.9 where findings are visible. ``--head gcn``
    trains the label-graph head instead (its own run folder, the same cached features), to compare the two.
@@ -126,6 +131,58 @@ def lung_variants(args: argparse.Namespace) -> None:
               f"{frame.at['Cardiomegaly', name]:.3f}, val macro AUROC {card['val_macro_auroc']:.3f}")
 
 
+def _augment_variants(k: int, oversample: bool) -> dict[str, list[str]]:
+    """The classifier runs of the augmentation table: both heads, without and with K cached views per image."""
+    out = {"mlp": [], f"mlp + aug (K={k})": [f"augment_views={k}"], "gcn": ["head=gcn"],
+           f"gcn + aug (K={k})": ["head=gcn", f"augment_views={k}"]}
+    if oversample:
+        out |= {f"mlp + aug (K={k}) + oversample": [f"augment_views={k}", "oversample=rare"],
+                f"gcn + aug (K={k}) + oversample": ["head=gcn", f"augment_views={k}", "oversample=rare"]}
+    return out
+
+
+def _macro_ci(report: Path) -> tuple[float, float, float]:
+    """(macro AUROC, CI low, CI high) from the summary line of an evaluation report.md."""
+    import re
+
+    found = re.search(r"Macro AUROC ([\d.]+)\*\* \(95% CI ([\d.]+)-([\d.]+)\)", report.read_text())
+    if found is None:
+        raise SystemExit(f"{report}: no macro AUROC line")
+    return float(found[1]), float(found[2]), float(found[3])
+
+
+def augment_variants(args: argparse.Namespace) -> None:
+    """Test macro AUROC on NIH for the MLP and GCN heads, each without and with K augmented views per training
+    image: same prepared data, detector, CNN (one feature cache, its views computed once) and test split."""
+    out = Path(args.out)
+    prepared, det, baseline, _ = run_nih(out, args.det_epochs)
+    cache = out / "nih-classifier-augment-features"  # the variants' shared cache (same seed, same random CNN)
+    rows = []
+    for name, overrides in _augment_variants(args.augment_views, args.oversample).items():
+        cls = out / ("nih-augment-" + name.replace(" + ", "-").replace(" ", "").replace("(", "").replace(")", ""))
+        if not (cls / "model" / "card.json").is_file():
+            start = time.perf_counter()
+            run([sys.executable, "-m", "hybridcxr.cli", "train", "classifier", "--data", str(prepared), "--detector",
+                 str(det), "--out", str(cls), "--no-progress", f"cache={cache}", *overrides])
+            print(f"trained {name} in {time.perf_counter() - start:.0f} s", flush=True)
+        report = out / f"{cls.name}-report-test"
+        if not (report / "report.md").is_file():
+            run([sys.executable, "-m", "hybridcxr.cli", "evaluate", "classifier", "--model", str(cls), "--data",
+                 str(prepared), "--split", "test", "--out", str(report), "--no-ablation", "--no-progress"])
+        card = json.loads((cls / "model" / "card.json").read_text())
+        rows.append((name, *_macro_ci(report / "report.md"), card["val_macro_auroc"],
+                     card["augmentation"]["training_rows"]))
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"\nNIH test split, macro AUROC (95% patient-cluster bootstrap CI, 1000 resamples); one prepared set, "
+          f"detector, CNN and split; load average now {load} on {len(os.sched_getaffinity(0))} cores:")
+    print("| variant | training rows (images + views) | test macro AUROC (95% CI) | val macro AUROC |")
+    print("|---|---|---|---|")
+    for name, auroc, low, high, val, trained in rows:
+        print(f"| {name} | {trained['images']} + {trained['views']} | {auroc:.3f} ({low:.3f}-{high:.3f}) | {val:.3f} |")
+    for name, auroc, low, high, val, _ in rows:
+        print(f"RESULT {name}: test macro AUROC {auroc:.3f} ({low:.3f}-{high:.3f}), val macro AUROC {val:.3f}")
+
+
 def phantoms(args: argparse.Namespace) -> Path:
     """Classifier on the detector benchmark's phantoms; prints validation macro AUROC."""
     from hybridcxr.classify.train import classifier_config, train_classifier
@@ -180,9 +237,16 @@ def main() -> None:
     parser.add_argument("--lungs-model", default="runs/bench_lungs", help="a lung run (tools/bench_lungs.py's --out)")
     parser.add_argument("--only-lungs", action="store_true", help="only the NIH lung-field table (1b)")
     parser.add_argument("--head", choices=["mlp", "gcn"], default="mlp", help="the phantom classifier's head (2)")
+    parser.add_argument("--only-augment", action="store_true",
+                        help="only the NIH augmentation table (1c): mlp and gcn heads, without and with views")
+    parser.add_argument("--augment-views", type=int, default=2, help="K augmented views per training image (1c)")
+    parser.add_argument("--oversample", action="store_true", help="1c: also both heads with oversample=rare")
     args = parser.parse_args()
     if not NIH.is_dir():
         sys.exit(f"real samples not found at {NIH}")
+    if args.only_augment:
+        augment_variants(args)
+        return
     if args.only_lungs:
         lung_variants(args)
         return

@@ -9,8 +9,13 @@ vectors, so none of them runs a CNN again. The cache is a folder::
     index.csv                 image_id, chunk
     chunk_00000.safetensors   {"yolo": (n, 704), "cnn": (n, 512)[, "lungs": (n, 24)]} for the ids of that chunk
 
+    views/                    with ``augment_views >= 1`` only: the training images' augmented views
+                              (:mod:`hybridcxr.classify.augment`), a cache of the same layout whose ids are
+                              ``IMAGE~augV`` and whose fingerprints add the augmentation settings
+
 Chunks are written atomically, so a killed run resumes with the images not yet cached. A cache made by other
-models is refused (never silently mixed): :class:`StaleCacheError` says which fingerprint differs.
+models (or, for views, another augmentation) is refused (never silently mixed): :class:`StaleCacheError` says
+which fingerprint differs.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -181,8 +186,6 @@ def build_cache(
     With ``lungs``, each image is also segmented once: its lung-field measurements become the ``lungs`` group,
     and with ``lungs.crop`` the CNN embeds the lung-field box instead of the whole image.
     """
-    from hybridcxr.classify.backbone import embed
-
     cache = FeatureCache(folder, fingerprints(detector, backbone, lungs))
     done = cache.ids
     todo = [(str(p), i) for p, i in zip(paths, image_ids) if i not in done]
@@ -196,12 +199,54 @@ def build_cache(
                 ids.append(by_path[detection.radiograph.meta.path])
                 yolo.append(detection.features)
                 pixels.append(detection.radiograph.pixels)
-            arrays = {"yolo": np.stack(yolo)}
-            if lungs is not None:
-                arrays["lungs"], pixels, _ = lungs.inputs(pixels)
-            arrays["cnn"] = embed(backbone, pixels, batch_size=batch_size, device=device)
-            cache.add(ids, arrays)
+            cache.add(ids, _vectors(yolo, pixels, backbone, lungs, batch_size, device))
             advance(len(part))
             if on_done:
                 on_done(len(part))
     return cache
+
+
+def _vectors(yolo: Sequence[np.ndarray], pixels: list[np.ndarray], backbone: Backbone, lungs: LungSide | None,
+             batch_size: int, device: str) -> dict[str, np.ndarray]:
+    """One chunk's groups: the detector's pooled vectors, the lung measurements (and crop), the CNN embedding."""
+    from hybridcxr.classify.backbone import embed
+
+    arrays = {"yolo": np.stack(yolo)}
+    if lungs is not None:
+        arrays["lungs"], pixels, _ = lungs.inputs(pixels)
+    arrays["cnn"] = embed(backbone, pixels, batch_size=batch_size, device=device)
+    return arrays
+
+
+def view_cache(cache: FeatureCache, augmentation: str) -> FeatureCache:
+    """The augmented views' cache of ``cache`` (its ``views/`` folder): the same models' fingerprints plus the
+    augmentation settings (``augmentation``: :func:`hybridcxr.classify.augment.settings_key`)."""
+    return FeatureCache(cache.folder / "views", {**cache.fingerprint, "augmentation": augmentation})
+
+
+def build_views(
+    views: FeatureCache, paths: Sequence[str | Path], image_ids: Sequence[str], counts: Sequence[int],
+    augment: Callable[[np.ndarray, int, int], np.ndarray], detector: Detector, backbone: Backbone, *,
+    lungs: LungSide | None = None, batch_size: int = 32, progress: bool = True,
+) -> FeatureCache:
+    """Cache views ``1..counts[i]`` of each image not yet cached: the image decoded as :func:`build_cache` does,
+    augmented (``augment(pixels, view, image_index(id))``), and every group computed from the augmented pixels
+    by the same models (detector pooled vector, lung measurements and crop, CNN embedding)."""
+    from hybridcxr.classify.augment import image_index, view_id
+    from hybridcxr.io import read_radiograph
+
+    done = views.ids
+    todo = [(str(p), i, v) for p, i, n in zip(paths, image_ids, counts) for v in range(1, int(n) + 1)
+            if view_id(i, v) not in done]
+    with progress_bar(len(todo), "caching augmented views", progress) as advance:
+        for start in range(0, len(todo), CHUNK):
+            part = todo[start:start + CHUNK]
+            decoded = {p: read_radiograph(p) for p in dict.fromkeys(p for p, _, _ in part)}
+            radiographs = [replace(decoded[p], pixels=augment(decoded[p].pixels, v, image_index(i)))
+                           for p, i, v in part]
+            yolo = [d.features for d in detector.predict(radiographs, features=True)]
+            pixels = [r.pixels for r in radiographs]
+            views.add([view_id(i, v) for _, i, v in part],
+                      _vectors(yolo, pixels, backbone, lungs, batch_size, detector.device))
+            advance(len(part))
+    return views

@@ -2,7 +2,8 @@
 
 The cached-feature mode freezes the CNN; here its weights learn too, at a lower learning rate
 (``backbone_lr``), while the detector's pooled vectors still come from the cache (the detector is trained on
-boxes and stays as it is). Images are read from the prepared PNGs by a DataLoader (worker processes and
+boxes and stays as it is). With ``augment=true`` the CNN sees each training image augmented afresh every epoch
+(:mod:`hybridcxr.classify.augment`; the cached groups stay those of the original image); validation images never. Images are read from the prepared PNGs by a DataLoader (worker processes and
 pinned memory on CUDA), the forward pass runs under mixed precision on CUDA (bf16-free fp16 autocast with a
 gradient scaler), and every epoch is checkpointed with the same safetensors + JSON scheme as the head alone.
 On a CPU it runs too (slowly): that is how the tests check it.
@@ -20,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from hybridcxr.classify.augment import ImageAugment
 from hybridcxr.classify.backbone import Backbone, Scaling, input_scaling, to_backbone_input
 from hybridcxr.classify.fusion import FusionConfig, FusionHead
 from hybridcxr.classify.loop import (
@@ -38,10 +40,11 @@ from hybridcxr.progress import progress_bar
 
 
 class _Images(torch.utils.data.Dataset):
-    """Prepared PNGs of one split, with the row index into its SplitData."""
+    """Prepared PNGs of one split, with the row index into its SplitData; with ``augment``, each image augmented
+    as sample ``i`` of ``epoch`` (set before each epoch: workers start afresh every epoch and copy it)."""
 
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = paths
+    def __init__(self, paths: list[Path], augment: ImageAugment | None = None) -> None:
+        self.paths, self.augment, self.epoch = paths, augment, 0
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -49,7 +52,10 @@ class _Images(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         from hybridcxr.io.images import decode_image
 
-        return torch.from_numpy(np.ascontiguousarray(decode_image(self.paths[i]))), i
+        pixels = decode_image(self.paths[i])
+        if self.augment is not None:
+            pixels = self.augment(pixels, self.epoch, i)
+        return torch.from_numpy(np.ascontiguousarray(pixels)), i
 
 
 class _Collate:
@@ -98,17 +104,20 @@ class _Step:
 
 
 def _loaders(train_paths: list[Path], val_paths: list[Path], config: ClassifierConfig, cuda: bool):
-    """DataLoaders of the prepared PNGs: worker processes and pinned memory on CUDA, in-process on the CPU."""
+    """DataLoaders of the prepared PNGs: worker processes and pinned memory on CUDA, in-process on the CPU; the
+    training images augmented every epoch with ``augment=true``."""
     collate = _Collate(config.backbone_size, input_scaling(config.backbone))
     args = {"batch_size": config.e2e_batch_size, "collate_fn": collate, "pin_memory": cuda,
             "num_workers": config.e2e_workers if cuda else 0}
-    return (torch.utils.data.DataLoader(_Images(train_paths), shuffle=True, drop_last=False, **args),
+    augment = ImageAugment(config) if config.augment else None  # training images only: validation never
+    return (torch.utils.data.DataLoader(_Images(train_paths, augment), shuffle=True, drop_last=False, **args),
             torch.utils.data.DataLoader(_Images(val_paths), shuffle=False, **args))
 
 
 def _train_epoch(step: _Step, loader, data: SplitData, epoch: int) -> float:
     """One pass over the training images under autocast (CUDA) with gradient scaling; the mean loss."""
     labels = torch.as_tensor(np.nan_to_num(data.labels), dtype=torch.float32)
+    loader.dataset.epoch = epoch  # the epoch's augmentations (seeded by seed, epoch, image)
     step.model.train()
     total, seen = 0.0, 0
     with progress_bar(len(loader.dataset), f"fine-tuning, epoch {epoch}", step.progress) as advance:

@@ -27,6 +27,7 @@ from hybridcxr.classify.train import (
     predict_head,
     read_manifest,
     train_head,
+    training_split,
 )
 from hybridcxr.layout import ClassifierLayout, PreparedLayout
 from hybridcxr.report.metrics import macro_auroc, micro_auroc
@@ -50,7 +51,8 @@ def evaluate_classifier(run: str | Path, prepared: str | Path, *, split: str = "
     findings = tuple(fusion.findings)
     config = classifier_config({k: v for k, v in card["train_config"].items() if k != "cache"})
     detector, backbone = open_models(layout.detector, config, layout.backbone)
-    cache = cache_features(prepared, detector, backbone, layout.features, progress, run_lung_side(layout.lungs, card.get("lungs")))
+    lungs = run_lung_side(layout.lungs, card.get("lungs"))
+    cache = cache_features(prepared, detector, backbone, layout.features, progress, lungs)
     data = load_split_data(prepared, cache, findings, split)
     logits = head_logits(head, data)  # once: the raw and the calibrated scores both come from it
     raw = calibrated(logits, np.ones(len(findings)))
@@ -59,7 +61,8 @@ def evaluate_classifier(run: str | Path, prepared: str | Path, *, split: str = "
     if ablation:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            table = ablation_table(prepared, cache, findings, config, data, scores, split)
+            table = ablation_table(prepared, cache, findings, config, data, scores, split,
+                                   models=(detector, backbone, lungs))
     history = pd.read_csv(layout.history) if layout.history.is_file() else None
     summary_file = PreparedLayout(prepared).summary
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
@@ -81,9 +84,10 @@ def evaluate_classifier(run: str | Path, prepared: str | Path, *, split: str = "
 
 
 def ablation_table(prepared: Path, cache, findings: tuple[str, ...], config: dict, data, scores: np.ndarray,
-                   split: str) -> pd.DataFrame:
-    """Macro/micro AUROC on ``split`` of the full head and of heads retrained without some feature groups."""
-    train = load_split_data(prepared, cache, findings, "train")
+                   split: str, models=None) -> pd.DataFrame:
+    """Macro/micro AUROC on ``split`` of the full head and of heads retrained without some feature groups (on
+    the run's training rows: its augmented views too, computed by ``models`` where not cached)."""
+    train = training_split(prepared, cache, findings, config, models, progress=False)
     val = load_split_data(prepared, cache, findings, "val")
     rows = [{"variant": "full model (" + ", ".join(config["groups"]) + ")",
              f"macro AUROC ({split})": macro_auroc(data.labels, scores, findings),

@@ -8,7 +8,8 @@ chooses per-finding thresholds on validation and writes a self-contained run fol
     RUN/model/{model.safetensors, card.json}        the fusion head (card: thresholds, history, data summary)
     RUN/detector/{best.safetensors, best.json}      the detector it was trained with
     RUN/backbone.safetensors                        the CNN whose embeddings it was trained on
-    RUN/features/                                   the feature cache
+    RUN/features/                                   the feature cache (views/: the training images' augmented
+                                                    views, with augment_views >= 1)
     RUN/history.csv, RUN/training_curves.png        loss and validation AUROC per epoch
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hybridcxr.classify.augment import augmentation_card
 from hybridcxr.classify.calibration import calibrated, fit_calibration, temperatures_of, unlearned_findings
 from hybridcxr.classify.fusion import FusionHead, save_checkpoint
 from hybridcxr.classify.loop import (
@@ -132,6 +134,30 @@ def load_split_data(prepared: Path, cache, findings: tuple[str, ...], split: str
                      [s if isinstance(s, str) else None for s in rows["sex"]], split_labels(rows, findings))
 
 
+def training_split(prepared: Path, cache, findings: tuple[str, ...], config: Mapping[str, Any], models=None,
+                   progress: bool = True) -> SplitData:
+    """The training split, followed by its cached augmented views when ``augment_views >= 1`` (else exactly
+    :func:`load_split_data`'s). With ``models`` (``(detector, backbone, lungs)``) views not yet cached are
+    computed first; without, they must be in ``cache``'s ``views/`` already."""
+    from hybridcxr.classify.augment import ImageAugment, settings_key, view_counts, view_id, with_views
+    from hybridcxr.classify.cache import build_views, view_cache
+
+    config = ensure_config("classifier", config)
+    train = load_split_data(prepared, cache, findings, "train")
+    if not config.augment_views:
+        return train
+    counts = view_counts(train.labels, findings, config.augment_views, config.oversample, config.oversample_max)
+    views = view_cache(cache, settings_key(config))
+    if models is not None:
+        detector, backbone, lungs = models
+        manifest = read_manifest(prepared).set_index("image_id")
+        paths = [Path(prepared) / manifest.at[i, "image"] for i in train.image_ids]
+        build_views(views, paths, train.image_ids, counts, ImageAugment(config), detector, backbone, lungs=lungs,
+                    progress=progress)
+    ids = [view_id(i, v) for i, n in zip(train.image_ids, counts) for v in range(1, int(n) + 1)]
+    return with_views(train, views.load(ids), counts)
+
+
 def split_labels(rows: pd.DataFrame, findings: tuple[str, ...]) -> np.ndarray:
     """Labels ``(N, C)`` of manifest rows: the findings' columns, and "No finding" from the manifest's
     ``no_finding`` column where it has one, else 1 where every finding is 0 and 0 where any is 1 (NaN where
@@ -234,7 +260,7 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
     # the features of the run's final models (what `evaluate classifier` reads).
     frozen = layout.checkpoint / "features-start" if end_to_end else layout.features
     cache = cache_features(prepared, detector, backbone, Path(config["cache"] or frozen), progress, lungs)
-    train = load_split_data(prepared, cache, findings, "train")
+    train = training_split(prepared, cache, findings, config, (detector, backbone, lungs), progress)
     val = load_split_data(prepared, cache, findings, "val")
     if end_to_end:
         from hybridcxr.classify.end_to_end import train_end_to_end
@@ -270,6 +296,7 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
     card["unlearned"] = unlearned_findings(train.labels, findings)
     card["gating"] = _gating(config, prepared, detector, val, val_scores, findings, card["unlearned"], layout,
                              progress)
+    card["augmentation"] = augmentation_card(config, train.image_ids)
     if end_to_end:
         os.replace(layout.checkpoint / "backbone-tuned.safetensors", backbone_file)
     save_checkpoint(layout.model, result.head, card=card)

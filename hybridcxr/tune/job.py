@@ -26,7 +26,7 @@ def tune_fusion(data: str | Path, detector: str | Path, out_dir: str | Path, *, 
     """
     from functools import partial
 
-    from hybridcxr.classify.train import cache_features, open_lungs, open_models
+    from hybridcxr.classify.train import cache_features, dataset_findings, open_lungs, open_models, training_split
 
     prepared, out = Path(data), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -37,12 +37,14 @@ def tune_fusion(data: str | Path, detector: str | Path, out_dir: str | Path, *, 
     if not backbone_file.is_file():
         backbone.save(backbone_file)
     lungs = open_lungs(config, layout)  # the lung model, copied into the tune run like the CNN
-    cache_features(prepared, det, backbone, layout.features, progress, lungs)
+    cache = cache_features(prepared, det, backbone, layout.features, progress, lungs)
+    if config.augment_views:  # the trials train on the augmented views too (computed here, once)
+        training_split(prepared, cache, dataset_findings(prepared), config, (det, backbone, lungs), progress)
     del det, backbone, lungs
     base = {**config, "backbone_weights": str(backbone_file.resolve()), "cache": str(layout.features.resolve())}
     if config.lungs is not None:
         base["lungs"] = str(layout.lungs.resolve())
-    study = run_tune(partial(load_tune_data, prepared, layout.features), out, trials=trials, storage=storage,
+    study = run_tune(partial(load_tune_data, prepared, layout.features, config.to_dict()), out, trials=trials, storage=storage,
                      study_name=study_name, workers=workers, base_config=base)
     best = export_best(study, out, base)
     report = write_study_report(study, out / "study-report")

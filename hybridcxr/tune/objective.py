@@ -7,13 +7,14 @@ pruner can stop a lagging trial.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from hybridcxr.classify.train import SplitData, dataset_findings, load_split_data, train_head
+from hybridcxr.classify.train import SplitData, dataset_findings, load_split_data, train_head, training_split
 from hybridcxr.errors import InputError
 from hybridcxr.files import read_json_or_none
 from hybridcxr.tune.space import TUNE_YAML, Param, suggest
@@ -28,8 +29,9 @@ class TuneData:
     findings: tuple[str, ...]
 
 
-def load_tune_data(prepared: str | Path, cache_folder: str | Path) -> TuneData:
-    """The train and val splits of a prepared dataset from an existing feature cache (no model is loaded).
+def load_tune_data(prepared: str | Path, cache_folder: str | Path, config: Mapping[str, Any] | None = None) -> TuneData:
+    """The train and val splits of a prepared dataset from an existing feature cache (no model is loaded); with a
+    ``config`` asking for ``augment_views``, the training split's cached augmented views too.
 
     ``functools.partial(load_tune_data, prepared, cache)`` is the picklable factory to give
     :func:`~hybridcxr.tune.study.run_tune` so each worker process reads the cache itself instead of receiving
@@ -43,8 +45,9 @@ def load_tune_data(prepared: str | Path, cache_folder: str | Path) -> TuneData:
         raise InputError(folder, "not a feature cache (no meta.json): run `hybridcxr train classifier` first")
     cache = FeatureCache(folder, meta["fingerprints"])
     findings = dataset_findings(Path(prepared))
-    return TuneData(load_split_data(Path(prepared), cache, findings, "train"),
-                    load_split_data(Path(prepared), cache, findings, "val"), findings)
+    train = (load_split_data(Path(prepared), cache, findings, "train") if config is None
+             else training_split(Path(prepared), cache, findings, config))
+    return TuneData(train, load_split_data(Path(prepared), cache, findings, "val"), findings)
 
 
 @dataclass

@@ -128,3 +128,18 @@ def test_a_cache_made_with_another_crop_is_refused(tmp_path):
     FeatureCache(tmp_path, {**PRINTS, "lungs": "l" * 16, "crop": "none"})
     with pytest.raises(StaleCacheError, match="another crop"):
         FeatureCache(tmp_path, {**PRINTS, "lungs": "l" * 16, "crop": "lungs+0.05"})
+
+
+def test_a_view_cache_of_other_augmentation_settings_is_refused_and_leaves_the_originals_alone(tmp_path):
+    from hybridcxr.classify.cache import view_cache
+
+    cache = FeatureCache(tmp_path, PRINTS)
+    cache.add(["a"], _vectors(1, 0))
+    views = view_cache(cache, '{"aug_rotate": 5.0}')
+    views.add(["a~aug1"], _vectors(1, 1))
+    assert views.folder == tmp_path / "views" and views.ids == {"a~aug1"}
+    assert json.loads((tmp_path / "views" / "meta.json").read_text())["fingerprints"] == {
+        **PRINTS, "augmentation": '{"aug_rotate": 5.0}'}
+    with pytest.raises(StaleCacheError, match="made by another augmentation;"):
+        view_cache(cache, '{"aug_rotate": 9.0}')
+    assert FeatureCache(tmp_path, PRINTS).ids == {"a"}, "views are not rows of the image cache"

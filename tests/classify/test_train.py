@@ -56,6 +56,30 @@ def test_interrupted_training_resumes_from_its_checkpoint(classifier, tmp_path):
     assert other.history["epoch"].tolist() == [1, 2], "a checkpoint of another config is not resumed"
 
 
+def test_no_augmented_views_trains_on_exactly_the_unaugmented_features(classifier):
+    """augment_views=0 (the default, and the fixture's run) is today's training: no views cached, the training
+    split's arrays are the image cache's, and retraining the head on them repeats the run's history."""
+    from hybridcxr.classify.cache import FeatureCache
+    from hybridcxr.classify.train import training_split
+
+    folder, out, card = classifier
+    assert not (out / "features" / "views").exists()
+    assert card["augmentation"]["applied"] == "none" and card["augmentation"]["training_rows"]["views"] == 0
+    train, val, findings = _splits(folder, out / "features")
+    cache = FeatureCache(out / "features", json.loads((out / "features" / "meta.json").read_text())["fingerprints"])
+    config = classifier_config(card["train_config"])
+    same = training_split(folder / "prepared", cache, findings, config)
+    assert same.image_ids == train.image_ids
+    for group, array in train.features.items():
+        np.testing.assert_array_equal(same.features[group], array)
+    np.testing.assert_array_equal(same.labels, train.labels)
+    again = train_head(train, val, findings, config)
+    history = pd.read_csv(out / "history.csv")
+    np.testing.assert_allclose(again.history["val_macro_auroc"], history["val_macro_auroc"], rtol=1e-9)
+    np.testing.assert_allclose(again.history["train_loss"], history["train_loss"], rtol=1e-6)
+    assert again.best_epoch == card["best_epoch"]
+
+
 def test_head_learns_a_visible_signal():
     """Weighted BCE on features that carry the label reaches a high validation AUROC."""
     rng = np.random.default_rng(0)
