@@ -131,3 +131,20 @@ def test_runtime_choices():
         check_runtime("tensorrt")
     with pytest.raises(ConfigError, match="onnx runs on the CPU"):
         check_runtime("onnx", "cuda:0")
+
+
+def test_service_with_runtime_onnx(exported_classifier):
+    """The service's Analyzer takes the runtime: an upload gets the PyTorch path's probabilities."""
+    from hybridcxr.serve.service import AnalysisService
+
+    phantom, run, _ = exported_classifier
+    path = sorted((phantom / "test").glob("*.dicom"))[0]
+    records = {}
+    for runtime in ("torch", "onnx"):
+        service = AnalysisService(run, device="cpu", runtime=runtime)
+        assert service.analyzer.runtime == runtime
+        with open(path, "rb") as upload:
+            records[runtime] = service.analyze_upload(upload, "application/dicom")
+    probabilities = [[f["probability"] for f in records[r]["findings"]] for r in ("onnx", "torch")]
+    assert [f["finding"] for f in records["onnx"]["findings"]] == [f["finding"] for f in records["torch"]["findings"]]
+    assert TOLERANCE.allclose(*probabilities)
