@@ -38,7 +38,11 @@ class Tolerance:
     atol: float = ATOL
 
     def allclose(self, actual: Any, expected: Any) -> bool:
-        """Whether two arrays of one shape agree within the tolerance (NaN never agrees)."""
+        """Whether two arrays of one shape agree within the tolerance (NaN never agrees).
+
+        >>> TOLERANCE.allclose([250.0, 0.5], [250.2, 0.50005]), TOLERANCE.allclose([0.0], [0.001])
+        (True, False)
+        """
         import numpy as np
 
         a, b = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
@@ -52,7 +56,11 @@ TOLERANCE = Tolerance()
 
 
 def record_path(onnx_file: str | Path) -> Path:
-    """``X.onnx.json``: the export record of ``X.onnx``."""
+    """``X.onnx.json``: the export record of ``X.onnx``.
+
+    >>> record_path("runs/det/weights/best.onnx").as_posix()
+    'runs/det/weights/best.onnx.json'
+    """
     onnx_file = Path(onnx_file)
     return onnx_file.with_name(onnx_file.name + ".json")
 

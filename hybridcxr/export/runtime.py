@@ -80,7 +80,7 @@ class OnnxDetector(Detector):
         self.session, self.record = session, dict(record)
 
     @classmethod
-    def load(cls, weights: str | Path, device: str | None = None,  # type: ignore[override]
+    def load(cls, weights: str | Path, device: str | None = None,
              config: dict[str, Any] | None = None) -> OnnxDetector:
         """The detector of ``weights`` (a run folder or ``.safetensors``) with its checked ONNX export."""
         check_runtime("onnx", device)
