@@ -91,9 +91,9 @@ def export_run(run: str | Path, fmt: str = "onnx") -> ExportResult:
                                                                     f"{layout.card}) nor a detector run")))
         return result
     missing = [str(p) for p in (layout.model / "model.safetensors", layout.backbone) if not p.is_file()]
-    weights = _detector_weights(layout.detector, "the classifier run's detector") if not missing else None
     if missing:
         raise InputError(run, f"a classifier run without all its models: missing {', '.join(missing)}")
+    weights = _detector_weights(layout.detector, "the classifier run's detector")
     result.files += [export_detector(weights), export_backbone(layout), export_head(layout)]
     return result
 
@@ -131,8 +131,6 @@ def export_detector(weights: Path) -> Exported:
 
 def export_backbone(layout: ClassifierLayout) -> Exported:
     """Write the CNN of a classifier run as ``model/backbone.onnx``: prepared pixels in, the embedding out."""
-    import torch
-
     from hybridcxr.classify.backbone import build_backbone
     from hybridcxr.files import read_model_card
 
@@ -157,8 +155,6 @@ def export_backbone(layout: ClassifierLayout) -> Exported:
 
 def export_head(layout: ClassifierLayout) -> Exported:
     """Write the fusion head of a classifier run as ``model/head.onnx``: one input per feature group, logits out."""
-    import torch
-
     from hybridcxr.classify.fusion import assemble_inputs, checkpoint_paths, load_checkpoint
 
     head, config, _ = load_checkpoint(layout.model)
