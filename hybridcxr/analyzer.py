@@ -51,26 +51,32 @@ class Analysis:
 class Analyzer:
     """The detector, the CNN and the fusion head of a classifier run, loaded once; one decode per image.
 
-    The CLI (``classify``) and the service call this same object, so they can never disagree.
+    The CLI (``classify``) and the service call this same object, so they can never disagree. With
+    ``runtime="onnx"`` the detector, the CNN and the head run in onnxruntime on the run's checked ONNX export
+    (:mod:`hybridcxr.export.runtime`); the lung model, calibration and thresholds are the same either way.
     """
 
-    def __init__(self, run: str | Path, device: str | None = None) -> None:
+    def __init__(self, run: str | Path, device: str | None = None, runtime: str = "torch") -> None:
         from hybridcxr.classify.backbone import build_backbone
         from hybridcxr.classify.fusion import load_checkpoint
         from hybridcxr.dicom_out.identity import model_version
+        from hybridcxr.export.runtime import open_classifier, open_detector
 
         layout = ClassifierLayout(run).require()
         self.run = layout.root
         self.model_version: str = model_version(layout.card)
         """The first 16 hex digits of the card's SHA-256: what our DICOM objects cite as the model version."""
         self.head, self.config, self.card = load_checkpoint(layout.model)
-        self.detector = Detector.load(layout.detector, device=device)
+        self.runtime = runtime
+        self.detector: Detector = open_detector(layout.detector, device=device, runtime=runtime)
         info = self.card["backbone"]
         self.backbone = build_backbone(info["name"], layout.backbone, input_size=int(info["size"]))
         self.backbone = self.backbone.to(self.detector.device).eval()
         if self.backbone.fingerprint() != info["fingerprint"]:
             raise InputError(layout.backbone, "the CNN weights differ from those the head was trained on")
         self._check_detector(layout.detector)
+        self.onnx = open_classifier(layout, self.backbone, self.config.groups) if runtime == "onnx" else None
+        """The CNN and head graphs with ``runtime="onnx"``, else None."""
         from hybridcxr.classify.cache import run_lung_side
 
         self.lungs = run_lung_side(layout.lungs, self.card.get("lungs"), device=self.detector.device)
@@ -111,7 +117,8 @@ class Analyzer:
         lungs, measures = None, [None] * len(detections)
         if self.lungs is not None:
             lungs, pixels, measures = self.lungs.inputs(pixels)
-        cnn = embed(self.backbone, pixels, device=self.detector.device)
+        cnn = (embed(self.backbone, pixels, device=self.detector.device) if self.onnx is None
+               else self.onnx.backbone.embed(pixels))
         yolo = np.stack([d.features for d in detections])
         groups = self.config.groups
         inputs = assemble_inputs(self.config, yolo=yolo if "yolo" in groups else None,
@@ -121,8 +128,11 @@ class Analyzer:
 
         from hybridcxr.classify.calibration import calibrated
 
-        with torch.inference_mode():
-            probs = calibrated(self.head(inputs).numpy(), self.temperatures)
+        if self.onnx is not None:
+            probs = calibrated(self.onnx.head.logits(inputs), self.temperatures)
+        else:
+            with torch.inference_mode():
+                probs = calibrated(self.head(inputs).numpy(), self.temperatures)
         out = []
         for d, p, age, sex, m in zip(detections, probs, ages, sexes, measures):
             scores = {f: float(v) for f, v in zip(self.findings, p)}

@@ -15,7 +15,7 @@ import typer
 
 from hybridcxr import __version__
 from hybridcxr.commands import console, default, errors, fail, finish_batch, open_detector, out, show_progress
-from hybridcxr.config import Fusion, LabelRule
+from hybridcxr.config import Fusion, LabelRule, Runtime
 from hybridcxr.lungs.cli import register as register_lungs
 from hybridcxr.pacs.cli import register_pacs
 
@@ -236,6 +236,7 @@ def classify(
     sr: Annotated[bool, typer.Option(help="Write a DICOM Structured Report (TID 1500: boxes, probabilities) per DICOM input as sr/ID.dcm.")] = False,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
+    runtime: Annotated[Runtime, typer.Option(help="torch, or onnx: onnxruntime on the CPU, every core, on the run's `hybridcxr export` files.")] = Runtime.torch,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Probability and decision per finding: predictions.csv (+ JSON and overlays), one decode per image."""
@@ -259,7 +260,7 @@ def classify(
             if sex is not None and given_sex is None:
                 raise typer.BadParameter(f"--sex must be M or F, not {sex!r}")
             table = {i: (given_age, given_sex) for i in unique_ids(collect_inputs(inputs)).values()}
-        analyzer = Analyzer(model, device=device)
+        analyzer = Analyzer(model, device=device, runtime=runtime)
         if heatmap and "cnn" not in analyzer.config.groups:
             raise typer.BadParameter(f"{model}: this classifier does not use the CNN: no Grad-CAM heatmap")
         boxes = read_truth(truth, None)[0] if truth is not None else None
@@ -285,6 +286,7 @@ def serve(
     max_decodes: Annotated[int, typer.Option(help="Uploads decoded at once; decoded images waiting for or in the networks hold at most this many full-size images' pixels.")] = 2,
     batch_window_ms: Annotated[float, typer.Option(help="Milliseconds a batch waits for more requests after its first (0 to 10000).")] = 10.0,
     max_batch: Annotated[int, typer.Option(help="Requests analyzed together in one batch at most (1 to 64; 1: one at a time, batching off).")] = 8,
+    runtime: Annotated[Runtime, typer.Option(help="torch, or onnx: onnxruntime on the CPU, every core, on the run's `hybridcxr export` files.")] = Runtime.torch,
 ) -> None:
     """Serve the classifier over HTTP (FastAPI): POST /v1/analyze, overlays, a viewer page at /, docs at /docs.
 
@@ -308,7 +310,7 @@ def serve(
     with errors():
         run_server(model, host=host, port=port, max_upload_bytes=int(max_upload_mb * (1 << 20)), device=device,
                    allowed_hosts=allowed_host, timeout=timeout, max_decodes=max_decodes,
-                   batch_window_ms=batch_window_ms, max_batch=max_batch)
+                   batch_window_ms=batch_window_ms, max_batch=max_batch, runtime=runtime)
 
 
 @app.command()
@@ -378,6 +380,7 @@ def detect(
     sr: Annotated[bool, typer.Option(help="Write a DICOM Structured Report (TID 1500: the boxes) per DICOM input as sr/ID.dcm.")] = False,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
+    runtime: Annotated[Runtime, typer.Option(help="torch, or onnx: onnxruntime on the CPU, every core, on the run's `hybridcxr export` files.")] = Runtime.torch,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Detect findings: detections.csv, one JSON per image and a VinDr/Kaggle submission.csv."""
@@ -393,12 +396,25 @@ def detect(
     from hybridcxr.pipeline import detect_files
 
     with errors():
-        detector, analyzer = open_detector(weights, classifier, device)
+        detector, analyzer = open_detector(weights, classifier, device, runtime)
         boxes = read_truth(truth, None)[0] if truth is not None else None
         result = detect_files(inputs, detector, out_dir, conf=conf, tta=tta, overlay=overlay, dicom=dicom, truth=boxes,
                               sr=sr, allow_modality=allow_modality, progress=show_progress(progress),
                               analyzer=analyzer)
     finish_batch(result)
+
+
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="A classifier run (its detector, CNN and head) or a detector run.")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx (the only format so far).")] = "onnx",
+) -> None:
+    """Write the run's networks as ONNX beside their cards, each checked against PyTorch (see --runtime onnx)."""
+    from hybridcxr.export.onnx import export_run
+
+    with errors():
+        result = export_run(run, fmt)
+    out.print(str(result), highlight=False)
 
 
 @evaluate_app.command("detector")

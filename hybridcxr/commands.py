@@ -63,18 +63,20 @@ def errors() -> Iterator[None]:
         fail(err)
 
 
-def open_detector(weights: Path | None, classifier: Path | None, device: str | None):
+def open_detector(weights: Path | None, classifier: Path | None, device: str | None, runtime: str = "torch"):
     """``(detector, analyzer)`` of ``detect``: the detector of ``weights``, or with ``classifier`` that run's
-    Analyzer and its detector (``weights``, when also given, must be that same detector)."""
+    Analyzer and its detector (``weights``, when also given, must be that same detector); on ``runtime``
+    (torch, or onnx: :mod:`hybridcxr.export.runtime`)."""
     from hybridcxr.detect.predict import Detector
+    from hybridcxr.export.runtime import open_detector as load_detector
 
     if classifier is None:
-        return Detector.load(weights, device=device), None
+        return load_detector(weights, device=device, runtime=runtime), None
     from hybridcxr.analyzer import Analyzer
     from hybridcxr.classify.cache import detector_fingerprint
     from hybridcxr.errors import InputError
 
-    analyzer = Analyzer(classifier, device=device)
+    analyzer = Analyzer(classifier, device=device, runtime=runtime)
     if weights is not None:
         given = Detector.load(weights, device=device)
         if detector_fingerprint(given) != detector_fingerprint(analyzer.detector):

@@ -58,6 +58,12 @@ class LabelRule(StrEnum):
     majority = "majority"
 
 
+class Runtime(StrEnum):
+    """What runs the networks at inference: PyTorch, or onnxruntime on the run's ONNX export (``hybridcxr export``)."""
+    torch = "torch"
+    onnx = "onnx"
+
+
 class BackboneName(StrEnum):
     """The CNN whose embedding the fusion head reads."""
     resnet18 = "resnet18"

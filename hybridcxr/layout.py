@@ -123,6 +123,16 @@ class ClassifierLayout:
         return self.root / "backbone.safetensors"
 
     @property
+    def onnx_backbone(self) -> Path:
+        """The CNN as ONNX (``hybridcxr export RUN --format onnx``), beside the head's card."""
+        return self.model / "backbone.onnx"
+
+    @property
+    def onnx_head(self) -> Path:
+        """The fusion head as ONNX, beside its card (the detector's export sits beside the detector's card)."""
+        return self.model / "head.onnx"
+
+    @property
     def lungs(self) -> Path:
         """The lung segmenter the head's ``lungs`` group (or the CNN's lung crop) came from, copied in."""
         return self.root / "lungs"

@@ -3,6 +3,7 @@
     python tools/bench_classifier.py [--out runs/bench_classifier] [--det-epochs 10] [--skip-nih]
                                      [--lungs-model runs/bench_lungs] [--only-lungs] [--head mlp|gcn]
                                      [--only-augment [--augment-views 2] [--oversample]]
+    python tools/bench_classifier.py --only-runtime          # 4. alone (a phantom classifier, made if absent)
 
 1. NIH (../shared/data/nih, 477 real images, patient-grouped split): prepare, train the detector on the
    boxed images (NIH + ChestX-Det10 boxes, fused), train the classifier, evaluate it on the test split with
@@ -22,6 +23,11 @@
 3. Speed: images/s of `hybridcxr classify` (one decode per image, detector + CNN + head, batched) against a
    naive baseline that runs ultralytics' `YOLO.predict` on each file and a separate torchvision ResNet-18 that
    reads the file again, in its own process. Same weights and files; the ratio is the number to watch.
+4. Runtimes: ``hybridcxr export --format onnx`` of a classifier run, then images/s of ``classify --runtime onnx``
+   (the Analyzer on onnxruntime) against the PyTorch path and the naive baseline of 3., on the NIH PNGs, after
+   checking on those files that its probabilities equal PyTorch's within the export's tolerance.
+   ``--only-runtime`` runs this part alone, on the phantom classifier of 2. when trained, else on a classifier
+   trained briefly on tools/bench_detector.py's one-epoch detector (speed does not depend on training).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import warnings
 from pathlib import Path
 
 from _baseline import best_baseline_seconds
+from bench_detector import best_rate, tiny_run
 from run_real import run_nih
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,6 +233,61 @@ def speed(cls: Path, args: argparse.Namespace) -> None:
     print(f"RESULT speed ratio hybridcxr / naive = {ours / theirs:.2f}x (cores: {len(os.sched_getaffinity(0))})")
 
 
+def runtime_models(args: argparse.Namespace) -> tuple[Path, Path]:
+    """A classifier run to time and the detector run it was trained with (whose ``best.pt`` the baseline reads)."""
+    from hybridcxr.classify.train import classifier_config, train_classifier
+
+    bench = Path(args.phantom_bench)
+    cls = Path(args.out) / "phantom-classifier"
+    if (cls / "model" / "card.json").is_file() and (bench / "run" / "weights" / "best.pt").is_file():
+        return cls, bench / "run"
+    det = tiny_run(bench, 320)
+    cls = Path(args.out) / "tiny-classifier"
+    if not (cls / "model" / "card.json").is_file():
+        prepared = bench / ("prepared" if det.name == "run" else "tiny-prepared")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the CNN's random initialisation
+            train_classifier(prepared, det, cls, classifier_config({"epochs": 3, "patience": 3}), progress=False)
+    return cls, det
+
+
+def runtime_speed(args: argparse.Namespace) -> None:
+    """Images/s of classify --runtime onnx, the PyTorch path and the naive baseline; probabilities checked first."""
+    import numpy as np
+
+    from hybridcxr.errors import InputError
+    from hybridcxr.export.onnx import export_run
+    from hybridcxr.export.record import TOLERANCE
+    from hybridcxr.pipeline import Analyzer
+
+    cls, det = runtime_models(args)
+    try:
+        onnx = Analyzer(cls, runtime="onnx")
+    except InputError:
+        print(export_run(cls))
+        onnx = Analyzer(cls, runtime="onnx")
+    eager = Analyzer(cls, device="cpu")
+    files = sorted(Path(p) for p in (NIH / "images").glob("*.png"))
+    paths = files * 2
+    probs = [np.array([list(a.probabilities.values()) for a in an.analyze_paths(files)]) for an in (onnx, eager)]
+    equal, largest = TOLERANCE.allclose(*probs), float(np.abs(probs[0] - probs[1]).max())
+    jobs = {name: (lambda an=an: sum(1 for _ in an.analyze_paths(paths))) for name, an in (("torch", eager),
+                                                                                          ("onnx", onnx))}
+    rate = best_rate(jobs, len(paths), args.repeats)
+    imgsz = eager.detector.imgsz
+    base = len(paths) / best_baseline_seconds(_BASELINE, [str(det / "weights" / "best.pt"), str(imgsz),
+                                                          json.dumps([str(p) for p in paths])], args.repeats)
+    print(f"\nruntimes of {cls} on {len(paths)} NIH PNGs (1024 px; detector at {imgsz} px, CNN at "
+          f"{eager.backbone.input_size} px), CPU, best of {args.repeats} (cores: {len(os.sched_getaffinity(0))}):")
+    print(f"  ONNX probabilities on the {len(files)} files equal PyTorch's within rtol {TOLERANCE.rtol:g}, atol "
+          f"{TOLERANCE.atol:g}: {'yes' if equal else 'NO'} (largest difference {largest:.2g})")
+    print(f"  naive: ultralytics YOLO.predict + torchvision ResNet-18, each reading the file: {base:.1f} images/s")
+    print(f"  classify, PyTorch path: {rate['torch']:.1f} images/s")
+    print(f"  classify --runtime onnx: {rate['onnx']:.1f} images/s")
+    print(f"RESULT classify --runtime onnx / PyTorch path = {rate['onnx'] / rate['torch']:.2f}x; / naive = "
+          f"{rate['onnx'] / base:.2f}x; probabilities equal within tolerance: {'yes' if equal else 'NO'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench_classifier")
@@ -241,7 +303,11 @@ def main() -> None:
                         help="only the NIH augmentation table (1c): mlp and gcn heads, without and with views")
     parser.add_argument("--augment-views", type=int, default=2, help="K augmented views per training image (1c)")
     parser.add_argument("--oversample", action="store_true", help="1c: also both heads with oversample=rare")
+    parser.add_argument("--only-runtime", action="store_true", help="only ONNX against PyTorch and the baseline (4)")
     args = parser.parse_args()
+    if args.only_runtime:
+        runtime_speed(args)
+        return
     if not NIH.is_dir():
         sys.exit(f"real samples not found at {NIH}")
     if args.only_augment:
@@ -256,6 +322,7 @@ def main() -> None:
     phantoms(args)
     if cls is not None:
         speed(cls, args)
+    runtime_speed(args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Benchmark the detector: accuracy on phantoms, and `detect` speed against ultralytics' default predict.
 
     python tools/bench_detector.py [--n 400] [--epochs 80] [--imgsz 320] [--out runs/bench_detector]
+    python tools/bench_detector.py --only-runtime [--imgsz 320]      # 3. alone, on a detector trained 1 epoch
 
 1. Accuracy: writes phantom DICOMs, prepares them, trains YOLOv8n from scratch on the train split, runs
    ``hybridcxr detect`` on the validation split's original DICOMs and prints VinDr mAP@0.4 on it.
@@ -8,6 +9,11 @@
    (run in its own process, as ultralytics sets itself up on import) with the same weights, on the same
    PNG files (the NIH samples in ../shared/data when present, else the prepared phantom PNGs). Both time the
    loop over files after a warm-up, each reads every file itself once. The ratio is the number to watch.
+3. Runtimes: ``hybridcxr export --format onnx`` of the run, then images/s of ``detect --runtime onnx`` against
+   the PyTorch path and ultralytics' default predict, end to end over the same files (decode included) and for
+   the network alone (NMS included, on decoded images), after checking on those files that the ONNX graph's
+   outputs equal PyTorch's within the export's tolerance. ``--only-runtime`` runs this part alone; it reuses
+   ``--out``'s trained run, or trains one epoch on 48 phantoms (speed does not depend on training).
 """
 
 from __future__ import annotations
@@ -78,13 +84,7 @@ def speed(run: Path, args: argparse.Namespace) -> None:
     """Images/s of our detector and of ultralytics' default predict on the same PNGs."""
     from hybridcxr.detect.predict import Detector
 
-    if NIH.is_dir():
-        paths = sorted(str(p) for p in NIH.glob("*.png"))
-        where = f"{len(paths)} NIH PNGs (1024 px) from {NIH}"
-    else:
-        paths = sorted(str(p) for p in (Path(args.out) / "prepared" / "images").rglob("*.png"))[:64]
-        where = f"{len(paths)} phantom PNGs"
-    paths = paths * max(1, 64 // len(paths))
+    paths, where = speed_files(Path(args.out))
     detector = Detector.load(run, device="cpu")
     imgsz, conf = detector.imgsz, 0.05
     list(detector.predict_paths(paths[:2], conf=conf))
@@ -102,6 +102,100 @@ def speed(run: Path, args: argparse.Namespace) -> None:
     print(f"RESULT speed ratio hybridcxr / ultralytics = {ours / base:.2f}x (cores: {len(os.sched_getaffinity(0))})")
 
 
+def tiny_run(out: Path, imgsz: int, n: int = 48) -> Path:
+    """A detector run good enough to time: ``out/run`` when trained, else YOLOv8n trained 1 epoch on ``n`` phantoms."""
+    from hybridcxr.data.phantom import make_phantom_dataset
+    from hybridcxr.data.prepare import PrepareOptions, prepare
+    from hybridcxr.data.sources import load_source
+    from hybridcxr.detect.train import detector_config, train_detector
+
+    for run in (out / "run", out / "tiny-run"):
+        if (run / "weights" / "best.json").is_file():
+            return run
+    phantom, prepared = out / "tiny-phantom", out / "tiny-prepared"
+    if not (phantom / "annotations").is_dir():
+        make_phantom_dataset(phantom, n=n, seed=0)
+    prepare(load_source("vindr-cxr", phantom), prepared, PrepareOptions(size=imgsz, progress=False))
+    train_detector(prepared, out / "tiny-run", detector_config({"epochs": 1, "imgsz": imgsz, "batch": 16,
+                                                                "patience": 1}))
+    return out / "tiny-run"
+
+
+def speed_files(out: Path) -> tuple[list[str], str]:
+    """The PNGs every speed comparison reads: the NIH samples (1024 px) when present, else prepared phantoms."""
+    if NIH.is_dir():
+        paths = sorted(str(p) for p in NIH.glob("*.png"))
+        where = f"{len(paths)} NIH PNGs (1024 px) from {NIH}"
+    else:
+        paths = sorted(str(p) for p in out.rglob("images/**/*.png"))[:64]
+        where = f"{len(paths)} phantom PNGs"
+    return paths * max(1, 64 // len(paths)), where
+
+
+def best_rate(jobs: dict[str, object], images: int, repeats: int) -> dict[str, float]:
+    """Images/s of each ``jobs`` callable, best of ``repeats`` passes, the jobs interleaved within each pass
+    (so a change in the machine's load hits them alike)."""
+    best = dict.fromkeys(jobs, float("inf"))
+    for _ in range(repeats):
+        for name, job in jobs.items():
+            start = time.perf_counter()
+            job()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: images / seconds for name, seconds in best.items()}
+
+
+def exported(run: Path) -> None:
+    """Export ``run`` to ONNX unless its export is there and current."""
+    from hybridcxr.errors import InputError
+    from hybridcxr.export.onnx import export_run
+    from hybridcxr.export.runtime import OnnxDetector
+
+    try:
+        OnnxDetector.load(run)
+    except InputError:
+        print(export_run(run))
+
+
+def runtime_speed(run: Path, args: argparse.Namespace) -> None:
+    """Images/s of detect --runtime onnx, the PyTorch path and ultralytics' predict; ONNX outputs checked first."""
+    import numpy as np
+
+    from hybridcxr.detect.predict import Detector
+    from hybridcxr.export.record import TOLERANCE
+    from hybridcxr.export.runtime import OnnxDetector
+    from hybridcxr.io import read_radiograph
+
+    exported(run)
+    paths, where = speed_files(Path(args.out))
+    torch_det, onnx_det = Detector.load(run, device="cpu"), OnnxDetector.load(run)
+    prepared = [torch_det.prepare(read_radiograph(p)) for p in dict.fromkeys(paths)]
+    images = np.stack([p.image for p in prepared])
+    pairs = list(zip(onnx_det.forward(images, True), torch_det.forward(images, True)))
+    equal = all(TOLERANCE.allclose(a, np.asarray(b)) for a, b in pairs)
+    largest = max(float(np.abs(a - np.asarray(b)).max()) for a, b in pairs)
+    conf, size = 0.05, torch_det.config["batch_predict"]
+    files = {name: (lambda d=d: sum(1 for _ in d.predict_paths(paths, conf=conf)))
+             for name, d in (("torch", torch_det), ("onnx", onnx_det))}
+    network = {name: (lambda d=d: [d.run(prepared[i:i + size], conf=conf) for i in range(0, len(prepared), size)])
+               for name, d in (("torch", torch_det), ("onnx", onnx_det))}
+    for job in (*files.values(), *network.values()):
+        job()  # warm-up: first-call allocations, onnxruntime's arena
+    rate = best_rate(files, len(paths), args.repeats)
+    net = best_rate(network, len(prepared), args.repeats)
+    base = len(paths) / best_baseline_seconds(_BASELINE, [str(run / "weights" / "best.pt"), str(torch_det.imgsz),
+                                                          str(conf), json.dumps(paths)], args.repeats)
+    print(f"\nruntimes on {where}, {len(paths)} files per pass, imgsz {torch_det.imgsz}, CPU, best of "
+          f"{args.repeats} (cores: {len(os.sched_getaffinity(0))}):")
+    print(f"  ONNX outputs (output0, pooled features) on the {len(prepared)} files equal PyTorch's within rtol "
+          f"{TOLERANCE.rtol:g}, atol {TOLERANCE.atol:g}: {'yes' if equal else 'NO'} (largest difference {largest:.2g})")
+    print(f"  ultralytics YOLO.predict (default settings): {base:.1f} images/s")
+    print(f"  detect, PyTorch path: {rate['torch']:.1f} images/s; network + NMS alone {net['torch']:.1f} images/s")
+    print(f"  detect --runtime onnx: {rate['onnx']:.1f} images/s; network + NMS alone {net['onnx']:.1f} images/s")
+    print(f"RESULT detect --runtime onnx / PyTorch path = {rate['onnx'] / rate['torch']:.2f}x end to end, "
+          f"{net['onnx'] / net['torch']:.2f}x network alone; / ultralytics predict = {rate['onnx'] / base:.2f}x; "
+          f"outputs equal within tolerance: {'yes' if equal else 'NO'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=400, help="phantom radiographs")
@@ -111,9 +205,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per side (best is kept)")
     parser.add_argument("--out", default="runs/bench_detector", help="work folder (reused: a trained run is kept)")
     parser.add_argument("--skip-accuracy", action="store_true", help="only time an already trained run")
+    parser.add_argument("--only-runtime", action="store_true",
+                        help="only 3.: ONNX against PyTorch and ultralytics (reuses --out's run, else trains 1 epoch)")
     args = parser.parse_args()
+    if args.only_runtime:
+        runtime_speed(tiny_run(Path(args.out), args.imgsz), args)
+        return
     run = Path(args.out) / "run" if args.skip_accuracy else accuracy(args)
     speed(run, args)
+    runtime_speed(run, args)
 
 
 if __name__ == "__main__":

@@ -43,22 +43,29 @@ class FeatureHooks:
     @contextmanager
     def capture(self, enabled: bool = True) -> Iterator[Callable[[], np.ndarray]]:
         """Within the block, forward passes record pooled outputs; the yielded callable returns them per layer."""
-        store: dict[int, Any] = {}
-        handles = []
-        if enabled:
-            for index in self.layers:
-                def hook(_module, _inputs, output, index=index):  # type: ignore[no-untyped-def]
-                    store[index] = output.float().mean(dim=(2, 3))
-                handles.append(self.model.model[index].register_forward_hook(hook))
+        if not enabled:
+            yield lambda: []
+            return
+        with pooled_outputs(self.model, self.layers) as tensors:
+            yield lambda: [t.cpu().numpy().astype(np.float32) for t in tensors()]
 
-        def pooled() -> list[np.ndarray]:
-            return [store[i].cpu().numpy().astype(np.float32) for i in self.layers]
 
-        try:
-            yield pooled
-        finally:
-            for handle in handles:
-                handle.remove()
+@contextmanager
+def pooled_outputs(model: Any, layers: Sequence[int]) -> Iterator[Callable[[], list[Any]]]:
+    """Within the block, forward passes of ``model`` record the global average of the chosen layers' outputs; the
+    yielded callable returns them as tensors, in ``layers`` order (part of the graph when the model is traced,
+    which is how the ONNX export gives the pooled features as an output)."""
+    store: dict[int, Any] = {}
+    handles = []
+    for index in layers:
+        def hook(_module, _inputs, output, index=index):  # type: ignore[no-untyped-def]
+            store[index] = output.float().mean(dim=(2, 3))
+        handles.append(model.model[index].register_forward_hook(hook))
+    try:
+        yield lambda: [store[i] for i in layers]
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def concat_pooled(parts: Sequence[np.ndarray]) -> np.ndarray:

@@ -127,15 +127,10 @@ class Detector:
         images = [p.image for p in batch]
         if tta:
             images += [self.prepare(p.radiograph, flip=True).image for p in batch]
-        tensor = torch.from_numpy(np.stack(images)).to(self.device)
-        tensor = tensor[:, None].expand(-1, 3, -1, -1).float().div_(255.0).contiguous(memory_format=torch.channels_last)
-        half = self.device.startswith("cuda") and bool(cfg.get("amp", True))
-        with torch.inference_mode(), torch.autocast("cuda", enabled=half), self.hooks.capture(enabled=features) as pooled:
-            raw = self.model(tensor)
-        raw = raw[0] if isinstance(raw, (list, tuple)) else raw
-        matrix = concat_pooled(pooled())[: len(batch)] if features else None
-        kept = non_max_suppression(raw.float(), conf_thres=conf, iou_thres=cfg["iou"], max_det=int(cfg["max_det"]),
-                                   nc=len(self.findings))
+        raw, matrix = self.forward(np.stack(images), features)
+        matrix = matrix[: len(batch)] if matrix is not None else None
+        kept = non_max_suppression(torch.as_tensor(raw).float(), conf_thres=conf, iou_thres=cfg["iou"],
+                                   max_det=int(cfg["max_det"]), nc=len(self.findings))
         out = []
         for i, item in enumerate(batch):
             boxes = self._to_original(kept[i].cpu().numpy(), item, flip=False)
@@ -145,6 +140,20 @@ class Detector:
             feats = matrix[i] if matrix is not None else None
             out.append(Detection(item.radiograph, self._frame(item.radiograph.image_id, boxes), feats))
         return out
+
+    def forward(self, images: np.ndarray, features: bool = False) -> tuple[Any, np.ndarray | None]:
+        """The network on letterboxed ``(N, S, S)`` uint8 images: the Detect head's ``(N, 4 + C, anchors)`` output
+        (boxes in letterboxed pixels, class scores; what NMS reads) and, with ``features``, the ``(N, D)`` pooled
+        features. The ONNX runtime (:mod:`hybridcxr.export.runtime`) replaces this method only."""
+        import torch
+
+        tensor = torch.from_numpy(images).to(self.device)
+        tensor = tensor[:, None].expand(-1, 3, -1, -1).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+        half = self.device.startswith("cuda") and bool(self.config.get("amp", True))
+        with torch.inference_mode(), torch.autocast("cuda", enabled=half), self.hooks.capture(enabled=features) as pooled:
+            raw = self.model(tensor)
+        raw = raw[0] if isinstance(raw, (list, tuple)) else raw
+        return raw, concat_pooled(pooled()) if features else None
 
     def predict(self, radiographs: Sequence[Radiograph], *, conf: float | None = None, tta: bool = False,
                 features: bool = False) -> list[Detection]:

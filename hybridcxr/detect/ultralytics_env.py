@@ -8,19 +8,27 @@ Call :func:`setup_ultralytics` before the first ``import ultralytics`` (all of h
   and ``Arial.Unicode.ttf``, since ultralytics downloads those fonts otherwise;
 - turns on ultralytics' restricted loading (``ULTRALYTICS_SAFE_LOAD=1``: no ``eval`` of yaml strings, only
   ``nn.Module`` layers, ``weights_only`` checkpoint loads with an allow-list of classes);
-- sets ``YOLO_OFFLINE=1`` (no DNS look-ups or download attempts) unless the user set it, and
-  ``NO_ALBUMENTATIONS_UPDATE=1`` (no version check);
+- sets ``YOLO_OFFLINE=1`` (no DNS look-ups or download attempts) unless the user set it,
+  ``NO_ALBUMENTATIONS_UPDATE=1`` (no version check) and turns ultralytics' AutoUpdate off
+  (``YOLO_AUTOINSTALL=False``: a missing requirement is an error, never a ``pip install`` at run time);
 - keeps all CPU cores: ultralytics sets ``OMP_NUM_THREADS=1`` at import and ``torch.set_num_threads`` to
   ``cpu_count - 1`` when it picks the CPU, which halves speed on a 2-core laptop.
+
+:func:`export_onnx` runs ultralytics' own ONNX exporter on a model built from our safetensors (not a ``YOLO``
+object from a ``.pt``), offline: no onnxslim (``simplify=False``, it would be pip-installed), the attributes
+the exporter expects of a ``YOLO``-loaded model supplied, its output file named by us, its log kept quiet.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+from hybridcxr.errors import guarded_warnings
 from hybridcxr.files import atomic_path
 
 _DONE = False
@@ -52,8 +60,10 @@ def setup_ultralytics() -> None:
     # only nn.Module layers in parse_model. Read once when ultralytics is imported, so set before it; forced on.
     os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ["YOLO_AUTOINSTALL"] = "False"  # never pip-install a "missing" requirement (exporters ask for some)
     os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads()))
     import ultralytics.nn.tasks as tasks
+    import ultralytics.utils.checks as checks
     import ultralytics.utils.torch_utils as torch_utils
     from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
 
@@ -61,6 +71,7 @@ def setup_ultralytics() -> None:
 
     torch_utils.NUM_THREADS = cpu_threads()
     tasks.SAFE_LOAD = True  # also when something imported ultralytics before this ran
+    checks.AUTOINSTALL = False  # likewise
     if SETTINGS.get("sync"):
         SETTINGS.update({"sync": False})  # no usage analytics from a hospital's machine
     _patch_amp_check()
@@ -88,6 +99,38 @@ def _patch_amp_check() -> None:
         return original(model)
 
     trainer.check_amp = check_amp
+
+
+def export_onnx(model: Any, dest: Path, imgsz: int, opset: int | None = None) -> Path:
+    """Write ``model`` (a detection model in eval mode, maybe returning extra outputs) as ONNX at ``dest`` with
+    ultralytics' exporter: dynamic batch (and image size), fp32, no embedded NMS, no onnxslim, on the CPU.
+
+    The exporter's own metadata (ultralytics' version, stride, names, ...) stays in the file; its wall-clock
+    ``date`` is dropped by the caller for a reproducible file. ``dest`` is written directly: pass a temporary path.
+    """
+    import logging
+
+    setup_ultralytics()
+    from ultralytics.engine.exporter import Exporter
+    from ultralytics.utils import LOGGER
+
+    # What YOLO(...) would have set on a model it loaded: the exporter reads these.
+    model.task = "detect"
+    model.args = {**dict(getattr(model, "args", {}) or {}), "imgsz": imgsz, "data": ""}
+    model.pt_path = str(Path(dest).with_suffix(".pt"))  # the exporter names its file after this, suffix .onnx
+    overrides = {"format": "onnx", "imgsz": imgsz, "dynamic": True, "simplify": False, "nms": False, "batch": 1,
+                 "device": "cpu", "opset": opset, "verbose": False}
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)  # its banner, "Results saved" and "Predict: yolo predict ..." hints
+    try:
+        with guarded_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch's "legacy TorchScript-based export"
+            written = Exporter(overrides=overrides)(model=model)
+    finally:
+        LOGGER.setLevel(level)
+    if Path(written) != Path(dest).with_suffix(".onnx"):
+        raise RuntimeError(f"ultralytics' exporter wrote {written}, not {dest}")
+    return Path(written)
 
 
 def import_ultralytics() -> ModuleType:

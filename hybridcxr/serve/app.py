@@ -83,7 +83,7 @@ def create_app(run: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BY
                host: str = "127.0.0.1", allowed_hosts: Iterable[str] | None = None,
                body_timeout: float = DEFAULT_BODY_TIMEOUT, min_body_rate: float = DEFAULT_MIN_BODY_RATE,
                max_decodes: int = DEFAULT_MAX_DECODES, batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
-               max_batch: int = DEFAULT_MAX_BATCH) -> FastAPI:
+               max_batch: int = DEFAULT_MAX_BATCH, runtime: str = "torch") -> FastAPI:
     """Load a classifier run once and return the service's FastAPI app.
 
     Args:
@@ -104,6 +104,7 @@ def create_app(run: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BY
             many images at the pixel limit (each holds a full-resolution image).
         batch_window_ms: milliseconds a batch waits for more requests after its first arrived (0 to 10000).
         max_batch: requests analyzed in one batch at most (1 to 64; 1: one at a time, batching off).
+        runtime: ``torch``, or ``onnx`` for onnxruntime on the run's ONNX export (``hybridcxr export``).
 
     Raises:
         InputError: ``run`` is not a usable classifier run folder.
@@ -113,7 +114,7 @@ def create_app(run: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BY
     hosts = trusted_hosts(host, allowed_hosts)  # before the models load: a usage error fails fast
     service = AnalysisService(run, device=device, max_upload_bytes=max_upload_bytes, cache_size=cache_size,
                               max_pixels=max_pixels, max_decodes=max_decodes, batch_window_ms=batch_window_ms,
-                              max_batch=max_batch)
+                              max_batch=max_batch, runtime=runtime)
     key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV)) or None  # "": no key
 
     @asynccontextmanager
@@ -236,7 +237,7 @@ def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, device: str | None = None,
           allowed_hosts: Iterable[str] | None = None, timeout: float = DEFAULT_HEADER_TIMEOUT,
           max_decodes: int = DEFAULT_MAX_DECODES, batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
-          max_batch: int = DEFAULT_MAX_BATCH) -> None:
+          max_batch: int = DEFAULT_MAX_BATCH, runtime: str = "torch") -> None:
     """Load the models, then serve the app with uvicorn until interrupted (one process, one model copy).
 
     ``timeout`` bounds the seconds a client may take over its request headers and stall within its body (see
@@ -247,7 +248,7 @@ def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
     configure_logging()
     app = create_app(run, max_upload_bytes=max_upload_bytes, device=device, host=host, allowed_hosts=allowed_hosts,
                      body_timeout=timeout, max_decodes=max_decodes, batch_window_ms=batch_window_ms,
-                     max_batch=max_batch)
+                     max_batch=max_batch, runtime=runtime)
     if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(API_KEY_ENV):
         log.warning("listening on %s without an API key: set %s or keep 127.0.0.1 behind a proxy", host, API_KEY_ENV)
     uvicorn.Server(server_config(app, host=host, port=port, header_timeout=timeout)).run()

@@ -71,7 +71,8 @@ class AnalysisService:
     def __init__(self, run: str | Path, *, device: str | None = None,
                  max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, cache_size: int = 256,
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_decodes: int = DEFAULT_MAX_DECODES,
-                 batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+                 batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS, max_batch: int = DEFAULT_MAX_BATCH,
+                 runtime: str = "torch") -> None:
         from hybridcxr.analyzer import Analyzer
         from hybridcxr.io.dicom import max_pixels as decoder_limit
 
@@ -79,7 +80,7 @@ class AnalysisService:
             raise ValueError(f"max_upload_bytes and max_decodes must be positive, not {max_upload_bytes}, "
                              f"{max_decodes}")
         check_batching(batch_window_ms, max_batch)
-        self.analyzer = Analyzer(run, device=device)
+        self.analyzer = Analyzer(run, device=device, runtime=runtime)  # runtime: torch, or onnx (onnxruntime)
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
         self.results = ResultStore(cache_size)

@@ -1,0 +1,283 @@
+"""``hybridcxr export RUN --format onnx``: the run's networks as ONNX files beside their cards, checked on export.
+
+What is written, each file with its export record ``X.onnx.json`` (:mod:`hybridcxr.export.record`):
+
+- a detector run: ``weights/best.onnx`` beside ``weights/best.json``;
+- a classifier run: ``detector/best.onnx`` (its detector), ``model/backbone.onnx`` (the CNN) and
+  ``model/head.onnx`` (the fusion head) beside ``model/card.json``. The lung segmenter, when the run has one,
+  stays on PyTorch.
+
+The detector goes through ultralytics' own exporter (:func:`hybridcxr.detect.ultralytics_env.export_onnx`) with
+one change: the graph also outputs the pooled features the classifier fuses (``features``, ``(N, D)``), beside
+the Detect head's ``output0`` (``(N, 4 + C, anchors)``, what NMS reads), so one pass gives both, as in PyTorch.
+The CNN and the head go through ``torch.onnx.export``'s TorchScript exporter, as ultralytics' does: offline,
+deterministic, no extra package. All graphs are fp32, opset :data:`OPSET`, with a dynamic batch axis.
+
+Every graph is checked before it replaces anything: onnxruntime runs it on seeded sample inputs (batches of three,
+though exported at one) and each output must equal PyTorch's within :data:`~hybridcxr.export.record.TOLERANCE`;
+the record keeps the largest absolute difference measured. A graph that fails is not written.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hybridcxr.detect.features import pooled_outputs
+from hybridcxr.errors import ConfigError, InputError, OutputError, guarded_warnings
+from hybridcxr.export.record import KIND, RECORD_VERSION, TOLERANCE, record_path
+from hybridcxr.export.runtime import (
+    BACKBONE_INPUT, BACKBONE_OUTPUT, DETECTOR_OUTPUTS, HEAD_OUTPUT, OnnxBackbone, OnnxDetector,
+    OnnxHead, detector_onnx, open_session,
+)
+from hybridcxr.files import atomic_path, file_sha256, write_json
+from hybridcxr.layout import ClassifierLayout
+
+FORMATS: tuple[str, ...] = ("onnx",)
+OPSET = 18  # what ultralytics picks for torch 2.x; onnxruntime 1.30 runs opsets up to 23
+SAMPLES = 3  # sample inputs per check: a batch other than the exported one tests the dynamic axis
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Exported:
+    """One ONNX file written and checked."""
+
+    model: str
+    path: Path
+    max_abs_diff: dict[str, float]
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote."""
+
+    run: Path
+    files: list[Exported] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.files)} ONNX files written for {self.run}, each equal to PyTorch within rtol "
+                 f"{TOLERANCE.rtol:g}, atol {TOLERANCE.atol:g} on {SAMPLES} sample inputs:"]
+        for item in self.files:
+            diffs = ", ".join(f"{k} {v:.2g}" for k, v in item.max_abs_diff.items())
+            lines.append(f"  {item.model}: {item.path} (largest difference: {diffs})")
+        return "\n".join(lines)
+
+
+def export_run(run: str | Path, fmt: str = "onnx") -> ExportResult:
+    """Export a classifier run (detector, CNN, head) or a detector run (its detector) as ``fmt`` files.
+
+    Raises:
+        ConfigError: for a format other than ``onnx``.
+        InputError: naming the folder, for one that is neither kind of run or lacks a part.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError("--format", f"must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    run = Path(run)
+    layout = ClassifierLayout(run)
+    result = ExportResult(run)
+    if not layout.card.is_file():
+        result.files.append(export_detector(_detector_weights(run, f"{run}: neither a classifier run (no "
+                                                                    f"{layout.card}) nor a detector run")))
+        return result
+    missing = [str(p) for p in (layout.model / "model.safetensors", layout.backbone) if not p.is_file()]
+    if missing:
+        raise InputError(run, f"a classifier run without all its models: missing {', '.join(missing)}")
+    weights = _detector_weights(layout.detector, "the classifier run's detector")
+    result.files += [export_detector(weights), export_backbone(layout), export_head(layout)]
+    return result
+
+
+def _detector_weights(folder: Path, what: str) -> Path:
+    """The detector weights in ``folder``; InputError saying what is missing."""
+    from hybridcxr.detect.weights import resolve_weights
+
+    try:
+        return resolve_weights(folder)
+    except InputError as err:
+        raise InputError(folder, f"nothing to export: {what} has no detector weights ({err.problem})") from None
+
+
+def export_detector(weights: Path) -> Exported:
+    """Write ``best.onnx`` beside a detector's ``best.safetensors``: ``output0`` and ``features`` per image."""
+    from hybridcxr.detect.predict import Detector
+    from hybridcxr.detect.ultralytics_env import export_onnx
+
+    torch_detector = Detector.load(weights, device="cpu")
+    model, card = torch_detector.model, torch_detector.card
+
+    def write(tmp: Path) -> None:
+        export_onnx(_with_pooled_output(model, card["feature_layers"]), tmp, int(card["imgsz"]), opset=OPSET)
+        _tidy(tmp, DETECTOR_OUTPUTS)
+
+    def check(tmp: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        images = _sample_images(torch_detector.imgsz)
+        onnx_detector = OnnxDetector(torch_detector, open_session(tmp), {})
+        pairs = zip(onnx_detector.forward(images, True), torch_detector.forward(images, True))
+        return {name: (np.asarray(a), np.asarray(b)) for name, (a, b) in zip(DETECTOR_OUTPUTS, pairs)}
+
+    return _write_checked(detector_onnx(weights), "detector", weights, write, check)
+
+
+def export_backbone(layout: ClassifierLayout) -> Exported:
+    """Write the CNN of a classifier run as ``model/backbone.onnx``: prepared pixels in, the embedding out."""
+    from hybridcxr.classify.backbone import build_backbone
+    from hybridcxr.files import read_model_card
+
+    info = read_model_card(layout.card, "hybridcxr fusion head", "fusion head")["backbone"]
+    backbone = build_backbone(info["name"], layout.backbone, input_size=int(info["size"])).eval()
+    if backbone.fingerprint() != info["fingerprint"]:
+        raise InputError(layout.backbone, "the CNN weights differ from those the head was trained on")
+    images = [np.random.default_rng(SEED + i).random((backbone.input_size, backbone.input_size - 7 * i),
+                                                     dtype=np.float32) for i in range(SAMPLES)]
+
+    with torch.inference_mode():
+        expected = np.stack([backbone(backbone.prepare(image))[0].numpy() for image in images])
+
+    def write(tmp: Path) -> None:
+        _torch_export(backbone, (backbone.prepare(images[0]),), tmp, [BACKBONE_INPUT], [BACKBONE_OUTPUT])
+
+    def check(tmp: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return {BACKBONE_OUTPUT: (OnnxBackbone(backbone, open_session(tmp)).embed(images), expected)}
+
+    return _write_checked(layout.onnx_backbone, "backbone", layout.backbone, write, check)
+
+
+def export_head(layout: ClassifierLayout) -> Exported:
+    """Write the fusion head of a classifier run as ``model/head.onnx``: one input per feature group, logits out."""
+    from hybridcxr.classify.fusion import assemble_inputs, checkpoint_paths, load_checkpoint
+
+    head, config, _ = load_checkpoint(layout.model)
+    rng = np.random.default_rng(SEED)
+    features = {g: np.asarray(config.feature_mean[g]) + np.asarray(config.feature_std[g])
+                * rng.standard_normal((SAMPLES, config.dims[g])) for g in config.feature_mean}
+    inputs = assemble_inputs(config, **features, age_years=[63.0, None, 31.5][:SAMPLES],
+                             sex=["F", None, "M"][:SAMPLES])
+    groups = list(config.groups)
+    graph = _HeadGraph(head, groups)
+
+    def write(tmp: Path) -> None:
+        _torch_export(graph, tuple(inputs[g][:1] for g in groups), tmp, groups, [HEAD_OUTPUT])
+
+    def check(tmp: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        with torch.inference_mode():
+            expected = head(inputs).numpy()
+        return {HEAD_OUTPUT: (OnnxHead(groups, open_session(tmp)).logits(inputs), expected)}
+
+    return _write_checked(layout.onnx_head, "head", checkpoint_paths(layout.model)[0], write, check)
+
+
+class _HeadGraph(torch.nn.Module):
+    """The fusion head with one positional input per feature group (ONNX graphs take no dicts)."""
+
+    def __init__(self, head: torch.nn.Module, groups: list[str]) -> None:
+        super().__init__()
+        self.head, self.groups = head, list(groups)
+
+    def forward(self, *blocks: torch.Tensor) -> torch.Tensor:
+        return self.head(dict(zip(self.groups, blocks)))
+
+
+@functools.cache
+def _pooled_class(base: type) -> type:
+    """A subclass of the detection model class ``base`` whose forward also returns the pooled features."""
+
+    class PooledFeatures(base):  # type: ignore[misc, valid-type]
+        pooled_layers: list[int]
+
+        def forward(self, x, *args, **kwargs):  # type: ignore[no-untyped-def]
+            with pooled_outputs(self, self.pooled_layers) as pooled:
+                out = super().forward(x, *args, **kwargs)
+            return out, torch.cat(pooled(), dim=1)
+
+    return PooledFeatures
+
+
+def _with_pooled_output(model: Any, layers: list[int]) -> Any:
+    """A copy of a detection model whose forward returns ``(its output, (N, D) pooled features)``: still the
+    exporter's kind of model (its class is a subclass), so ultralytics' exporter takes it as it takes a YOLO's."""
+    twin = copy.deepcopy(model).float().eval()
+    twin.__class__ = _pooled_class(type(model))
+    twin.pooled_layers = [int(i) for i in layers]
+    return twin
+
+
+def _sample_images(size: int) -> np.ndarray:
+    """:data:`SAMPLES` letterboxed-like ``(size, size)`` uint8 images: noise, a gradient with a bright disc,
+    the letterbox grey with a dark block (seeded: the same every export)."""
+    rng = np.random.default_rng(SEED)
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    gradient = 40 + 150 * yy + 60 * ((xx - 0.4) ** 2 + (yy - 0.5) ** 2 < 0.05)
+    grey = np.full((size, size), 114.0)
+    grey[size // 4: size // 2, size // 3: 2 * size // 3] = 20
+    images = [rng.integers(0, 256, (size, size)), gradient, grey]
+    return np.stack([np.clip(im, 0, 255).astype(np.uint8) for im in images[:SAMPLES]])
+
+
+def _torch_export(module: torch.nn.Module, args: tuple, tmp: Path, inputs: list[str], outputs: list[str]) -> None:
+    """``torch.onnx.export`` with the TorchScript exporter (offline, deterministic), dynamic batch, fp32."""
+    axes = {name: {0: "batch"} for name in inputs + outputs}
+    with guarded_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # "legacy TorchScript-based export"
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(module.eval(), args, str(tmp), input_names=inputs, output_names=outputs,
+                          dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+
+
+def _tidy(path: Path, outputs: tuple[str, ...]) -> None:
+    """Name the graph's outputs ``outputs`` (the exporter names only its first) and drop the exporter's
+    wall-clock ``date``, so one model exports to one file."""
+    import onnx
+
+    model = onnx.load(str(path))
+    renames = {o.name: new for o, new in zip(model.graph.output, outputs) if o.name != new}
+    for node in model.graph.node:
+        node.output[:] = [renames.get(n, n) for n in node.output]
+        node.input[:] = [renames.get(n, n) for n in node.input]
+    for output in model.graph.output:
+        output.name = renames.get(output.name, output.name)
+    kept = [p for p in model.metadata_props if p.key != "date"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(path))
+
+
+def _write_checked(dest: Path, name: str, source: Path, write: Callable[[Path], None],
+                   check: Callable[[Path], Mapping[str, tuple[np.ndarray, np.ndarray]]]) -> Exported:
+    """Write an ONNX file with ``write(tmp)``, compare it with ``check(tmp)``'s (onnx, torch) output pairs,
+    and put it and its record in place only when every pair is equal within :data:`TOLERANCE` (else the
+    previous export, if any, stays as it was)."""
+    import onnx
+
+    with atomic_path(dest) as tmp:
+        write(tmp)
+        pairs = check(tmp)
+        diffs = {k: float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0 for k, (a, b) in pairs.items()}
+        bad = [k for k, (a, b) in pairs.items() if not TOLERANCE.allclose(a, b)]
+        if bad:
+            raise OutputError(dest, f"not written: onnxruntime's {', '.join(bad)} differ from PyTorch's (largest "
+                                    f"difference {max(diffs[k] for k in bad):.3g}; tolerance rtol {TOLERANCE.rtol:g}, "
+                                    f"atol {TOLERANCE.atol:g})")
+        graph = onnx.load(str(tmp)).graph
+        record = {
+            "kind": KIND, "record_version": RECORD_VERSION, "model": name, "file": dest.name,
+            "sha256": file_sha256(tmp), "source": {"file": source.name, "sha256": file_sha256(source)},
+            "inputs": [i.name for i in graph.input], "outputs": [o.name for o in graph.output], "opset": OPSET,
+            "tolerance": TOLERANCE.as_dict(), "max_abs_diff": diffs,
+            "checked_on": f"{SAMPLES} seeded sample inputs, one batch, onnxruntime on the CPU",
+            "versions": {p: version(p) for p in ("hybridcxr", "torch", "ultralytics", "onnx", "onnxruntime")},
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        record_path(dest).unlink(missing_ok=True)  # just before the new file goes in: no old record vouches for it
+    write_json(record_path(dest), record)
+    return Exported(name, dest, diffs)
