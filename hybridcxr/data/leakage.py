@@ -34,12 +34,17 @@ def patient_column(table: pd.DataFrame, where: str | Path, given: str | None = N
         if given not in table.columns:
             raise DatasetError(where, f"has no column {given!r}; it has {list(table.columns)[:12]}")
         return given
+    found = find_column(table, PATIENT_COLUMNS)
+    if found is None:
+        raise DatasetError(where, f"no patient column (looked for {', '.join(PATIENT_COLUMNS)}); name it with "
+                                  f"--patient-column; it has {list(table.columns)[:12]}")
+    return found
+
+
+def find_column(table: pd.DataFrame, names: Sequence[str]) -> str | None:
+    """The first column of ``table`` matching one of ``names`` (case, spaces and underscores ignored), or None."""
     by_key = {_key(c): c for c in table.columns}
-    for name in PATIENT_COLUMNS:
-        if _key(name) in by_key:
-            return by_key[_key(name)]
-    raise DatasetError(where, f"no patient column (looked for {', '.join(PATIENT_COLUMNS)}); name it with "
-                              f"--patient-column; it has {list(table.columns)[:12]}")
+    return next((by_key[_key(n)] for n in names if _key(n) in by_key), None)
 
 
 def shared_patients(tables: Mapping[str, pd.DataFrame], given: str | None = None) -> dict[str, list[str]]:

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from hybridcxr.data.leakage import _key, read_split_tables, shared_patients
+from hybridcxr.data.leakage import find_column, read_split_tables, shared_patients
 from hybridcxr.data.splits import LeakageError
 from hybridcxr.errors import DatasetError
 
@@ -29,12 +29,11 @@ IMAGE_COLUMNS = ("image_id", "Image Index", "Image", "filename", "file", "path")
 
 def image_column(table: pd.DataFrame, where: str) -> str:
     """The column of ``table`` naming its images (see :data:`IMAGE_COLUMNS`); DatasetError naming ``where``."""
-    by_key = {_key(c): c for c in table.columns}
-    for name in IMAGE_COLUMNS:
-        if _key(name) in by_key:
-            return by_key[_key(name)]
-    raise DatasetError(where, f"no image column (looked for {', '.join(IMAGE_COLUMNS)}); it has "
-                              f"{list(table.columns)[:12]}")
+    found = find_column(table, IMAGE_COLUMNS)
+    if found is None:
+        raise DatasetError(where, f"no image column (looked for {', '.join(IMAGE_COLUMNS)}); it has "
+                                  f"{list(table.columns)[:12]}")
+    return found
 
 
 def table_splits(paths: Sequence[str | Path], patient_column: str | None = None) -> dict[str, str]:
