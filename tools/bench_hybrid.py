@@ -126,16 +126,18 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=256, help="detector input size on the phantoms")
     parser.add_argument("--nih-det-epochs", type=int, default=10, help="detector epochs on NIH")
     parser.add_argument("--skip-nih", action="store_true", help="phantoms only")
+    parser.add_argument("--only-nih", action="store_true", help="NIH only")
     parser.add_argument("--reuse", help="a finished demo's output folder: its phantom models")
     parser.add_argument("--nih-from", help="a folder holding tools/run_real.py's NIH runs")
     args = parser.parse_args()
     out = Path(args.out)
-    if args.reuse:
-        prepared, cls = Path(args.reuse) / "prepared", Path(args.reuse) / "classifier"
-    else:
-        prepared, _, cls = phantom_runs(out / "phantoms", args.n, args.epochs, args.imgsz)
-    gated_vs_ungated("phantoms", prepared, cls, out)
-    calibration_lines("phantoms", prepared, cls)
+    if not args.only_nih:
+        if args.reuse:
+            prepared, cls = Path(args.reuse) / "prepared", Path(args.reuse) / "classifier"
+        else:
+            prepared, _, cls = phantom_runs(out / "phantoms", args.n, args.epochs, args.imgsz)
+        gated_vs_ungated("phantoms", prepared, cls, out)
+        calibration_lines("phantoms", prepared, cls)
     if args.skip_nih:
         return
     if not NIH.is_dir():
