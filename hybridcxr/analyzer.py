@@ -35,6 +35,9 @@ class Analysis:
     """The lung-field measurements, when the run has a lung model."""
     detector_boxes: pd.DataFrame | None = None
     """The detector's own boxes where the run gates them (``detection.boxes`` then holds the gated ones)."""
+    gated_rows: pd.DataFrame | None = None
+    """Where the run gates: the gated boxes and the "No finding" row as a submission holds them
+    (:func:`hybridcxr.detect.gating.gate`)."""
 
     @property
     def image_id(self) -> str:
@@ -137,15 +140,16 @@ class Analyzer:
         for d, p, age, sex, m in zip(detections, probs, ages, sexes, measures):
             scores = {f: float(v) for f, v in zip(self.findings, p)}
             decisions = {f: None if f in self.unlearned else scores[f] >= self.thresholds[f] for f in self.findings}
-            gated, raw = self._gated(d, p)
-            out.append(Analysis(gated, scores, decisions, age, sex, m, raw))
+            gated, raw, rows = self._gated(d, p)
+            out.append(Analysis(gated, scores, decisions, age, sex, m, raw, rows))
         return out
 
-    def _gated(self, detection: Detection, probs: np.ndarray) -> tuple[Detection, pd.DataFrame | None]:
-        """The detection with its boxes after the run's gating rule, and the detector's own boxes (None when
-        the run does not gate)."""
+    def _gated(self, detection: Detection, probs: np.ndarray
+               ) -> tuple[Detection, pd.DataFrame | None, pd.DataFrame | None]:
+        """The detection with its boxes after the run's gating rule, the detector's own boxes and the gated
+        submission rows (both None when the run does not gate)."""
         if self.gating is None:
-            return detection, None
+            return detection, None, None
         from hybridcxr.classify.gate import probability_table
         from hybridcxr.detect.gating import gate
         from hybridcxr.detect.predict import PREDICTION_COLUMNS
@@ -153,21 +157,19 @@ class Analyzer:
 
         image_id = detection.radiograph.image_id
         table = probability_table([image_id], probs[None], self.findings, self.unlearned)
-        boxes = gate(detection.boxes, table, self.gating, [image_id])
-        boxes = boxes.loc[boxes["finding"] != NO_FINDING, PREDICTION_COLUMNS]
+        rows = gate(detection.boxes, table, self.gating, [image_id])
+        boxes = rows.loc[rows["finding"] != NO_FINDING, PREDICTION_COLUMNS]
         boxes = boxes.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
-        return Detection(detection.radiograph, boxes, detection.features), detection.boxes
+        return Detection(detection.radiograph, boxes, detection.features), detection.boxes, rows
 
     def submission_rows(self, analysis: Analysis) -> pd.DataFrame:
         """One image's boxes as a submission holds them under the run's gating rule (ungated without one): its
         boxes and a "No finding" row (box ``0 0 1 1``), with ``detector_score``, the score before gating."""
-        from hybridcxr.classify.gate import probability_table
         from hybridcxr.detect.gating import UNGATED, gate
 
-        raw = analysis.detection.boxes if analysis.detector_boxes is None else analysis.detector_boxes
-        probs = np.array([[analysis.probabilities[f] for f in self.findings]])
-        table = probability_table([analysis.image_id], probs, self.findings, self.unlearned)
-        return gate(raw, table, self.gating or UNGATED, [analysis.image_id])
+        if analysis.gated_rows is not None:
+            return analysis.gated_rows
+        return gate(analysis.detection.boxes, pd.DataFrame(), UNGATED, [analysis.image_id])
 
     def analyze_radiographs(self, radiographs: Sequence[Radiograph], ages: Sequence[float | None] | None = None,
                             sexes: Sequence[str | None] | None = None) -> list[Analysis]:

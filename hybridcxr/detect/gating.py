@@ -20,7 +20,6 @@ applied by ``detect --classifier RUN``, ``classify``, the Analyzer and the servi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -28,12 +27,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from hybridcxr.detect.metrics import NO_FINDING_BOX, add_no_finding, evaluate_detections
+from hybridcxr.detect.metrics import add_no_finding, evaluate_detections
 from hybridcxr.findings import NO_FINDING
 
 Scale = Literal["none", "abnormal", "finding"]
 Normal = Literal["detector", "classifier"]
-_COORDS = ["x_min", "y_min", "x_max", "y_max"]
 
 
 @dataclass(frozen=True)
@@ -121,33 +119,18 @@ def gate(boxes: pd.DataFrame, probabilities: pd.DataFrame, rule: GatingRule,
          image_ids: Iterable[str]) -> pd.DataFrame:
     """The detector's boxes of ``image_ids`` after ``rule``, with one "No finding" row (box ``0 0 1 1``) per
     image, as a submission holds them. Columns: the prediction columns plus ``detector_score`` (the score
-    before gating; NaN on classifier "No finding" rows). ``probabilities`` is indexed by image id."""
+    before gating; NaN on the "No finding" rows). ``probabilities`` is indexed by image id."""
     ids = [str(i) for i in image_ids]
     table = boxes[boxes["finding"] != NO_FINDING].assign(image_id=lambda t: t["image_id"].astype(str))
     table = table.assign(detector_score=table["score"].astype(float))
     gated = table["score"].to_numpy(dtype=float) * box_factors(table, probabilities, rule.scale) ** rule.power
     table = table.assign(score=gated)
     table = table[table["score"] >= rule.floor] if rule.floor > 0 else table
-    if rule.no_finding == "detector" or NO_FINDING not in probabilities.columns:
-        table = table[table["image_id"].isin(set(ids))]
-        return _with_detector_scores(add_no_finding(table.drop(columns="detector_score"), ids), table)
-    normal = probabilities[NO_FINDING].reindex(ids).astype(float)  # images the classifier did not see: as ungated
-    normal = normal.fillna(1.0 - table.groupby("image_id")["detector_score"].max().reindex(ids).fillna(0.0))
-    rows = pd.DataFrame({"image_id": ids, "finding": NO_FINDING, "score": normal.to_numpy(),
-                         **dict(zip(_COORDS, NO_FINDING_BOX)), "detector_score": math.nan})
-    merged = pd.concat([table, rows], ignore_index=True) if len(table) else rows
-    order = {i: k for k, i in enumerate(ids)}
-    merged = merged[merged["image_id"].isin(order)]
-    merged = merged.assign(_o=merged["image_id"].map(order), _n=merged["finding"] == NO_FINDING)
-    return merged.sort_values(["_o", "_n"], kind="stable").drop(columns=["_o", "_n"]).reset_index(drop=True)
-
-
-def _with_detector_scores(out: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """``add_no_finding``'s output with each box's pre-gating score (NaN on the added "No finding" rows)."""
-    keys = ["image_id", "finding", *_COORDS, "score"]
-    lookup = table.drop_duplicates(keys).set_index(keys)["detector_score"]
-    index = pd.MultiIndex.from_frame(out[keys])
-    return out.assign(detector_score=lookup.reindex(index).to_numpy(dtype=float))
+    table = table[table["image_id"].isin(set(ids))]
+    normal = None  # the detector's own: 1 - the highest (gated) box score
+    if rule.no_finding == "classifier" and NO_FINDING in probabilities.columns:
+        normal = probabilities[NO_FINDING].astype(float).dropna().to_dict()  # images it did not see: as ungated
+    return add_no_finding(table, ids, normal)
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -432,12 +432,15 @@ def to_submission(pred: pd.DataFrame, image_ids: Iterable[str], findings: Sequen
                          "PredictionString": strings.reindex(ids).fillna(default).to_numpy(dtype=object)})
 
 
-def add_no_finding(pred: pd.DataFrame, image_ids: Iterable[str]) -> pd.DataFrame:
+def add_no_finding(pred: pd.DataFrame, image_ids: Iterable[str],
+                   scores: Mapping[str, float] | None = None) -> pd.DataFrame:
     """Give every image a "No finding" prediction (box ``0 0 1 1``) from a detector that has no such class.
 
-    Its score is ``1 -`` the image's highest finding score (1 where nothing was found), the usual way a box
+    Its score is ``scores[image]`` where given (a classifier's P(No finding), :mod:`hybridcxr.detect.gating`),
+    else ``1 -`` the image's highest finding score (1 where nothing was found), the usual way a box
     detector enters the competition's 15th class. Images that already have a "No finding" prediction keep
     theirs. Without this, "No finding" would score AP 0 and pull the 15-class mean down by a fifteenth.
+    Columns beyond the prediction columns are kept (empty on the added rows).
 
     >>> pred = pd.DataFrame({"image_id": ["a"], "finding": ["ILD"], "score": [0.75],
     ...                      "x_min": [0.0], "y_min": [0.0], "x_max": [5.0], "y_max": [5.0]})
@@ -450,10 +453,13 @@ def add_no_finding(pred: pd.DataFrame, image_ids: Iterable[str]) -> pd.DataFrame
     has_own = set(table.loc[table["finding"] == NO_FINDING, "image_id"])
     top = table[table["finding"] != NO_FINDING].groupby("image_id")["score"].max()
     todo = [i for i in ids if i not in has_own]
-    rows = pd.DataFrame({"image_id": todo, "finding": NO_FINDING,
-                         "score": 1.0 - top.reindex(todo).fillna(0.0).to_numpy(dtype=float),
+    score = 1.0 - top.reindex(todo).fillna(0.0)
+    if scores is not None:
+        score = pd.Series(scores, dtype=float).reindex(todo).fillna(score)
+    rows = pd.DataFrame({"image_id": todo, "finding": NO_FINDING, "score": score.to_numpy(dtype=float),
                          **dict(zip(_COORDS, NO_FINDING_BOX))})
-    merged = pd.concat([table, rows], ignore_index=True) if len(table) else rows
+    extra = [c for c in table.columns if c not in rows.columns]  # kept, empty on the added rows
+    merged = pd.concat([table, rows], ignore_index=True) if len(table) else rows.reindex(columns=[*rows.columns, *extra])
     order = {i: k for k, i in enumerate(ids)}
     merged = merged.assign(_o=merged["image_id"].map(order).fillna(len(order)), _n=merged["finding"] == NO_FINDING)
     return merged.sort_values(["_o", "_n"], kind="stable").drop(columns=["_o", "_n"]).reset_index(drop=True)
