@@ -24,6 +24,9 @@ if [ "$have" != "$need" ] && [ "$have" != "$want test" ]; then
   echo "$need" > "$stamp"
 fi
 export NO_ALBUMENTATIONS_UPDATE=1
+# The venv is ours: let Python cache the modules it compiles there. With PYTHONDONTWRITEBYTECODE set (some
+# images set it), every process would compile torch, ultralytics and the rest again: about 13 s each.
+unset PYTHONDONTWRITEBYTECODE
 
 cmd=${1:-}
 shift || true

@@ -30,6 +30,7 @@ from hybridcxr.config import Fusion, LabelRule, load_config
 from hybridcxr.data.boxes import BoxStats, clip_boxes, fuse_readers
 from hybridcxr.data.schema import SourceTables
 from hybridcxr.data.splits import SplitSummary, assign_splits, check_leakage, summarize
+from hybridcxr.device import cpu_threads
 from hybridcxr.errors import DatasetError, HybridCXRError
 from hybridcxr.layout import PreparedLayout
 from hybridcxr.files import atomic_path, read_json_or_none, write_csv, write_json, write_text
@@ -55,7 +56,7 @@ class PrepareOptions:
     seed: int | None = None
     keep_official_test: bool | None = None
     dataset: str | None = None
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = field(default_factory=cpu_threads)
     allow_modality: bool = False
     progress: bool = True
     split_tables: list[Path] | None = None  # the user's own train[,val],test tables (hybridcxr.data.split_tables)

@@ -26,7 +26,8 @@ import pandas as pd
 
 from hybridcxr.config import detector_config
 from hybridcxr.detect.features import FeatureHooks, concat_pooled
-from hybridcxr.detect.ultralytics_env import cpu_threads, setup_torch_threads
+from hybridcxr.detect.ultralytics_env import setup_torch_threads
+from hybridcxr.device import cpu_threads
 from hybridcxr.detect.weights import load_detector
 from hybridcxr.errors import HybridCXRError
 from hybridcxr.io import Radiograph, read_radiograph

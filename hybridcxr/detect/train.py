@@ -22,8 +22,8 @@ import yaml
 
 from hybridcxr.config import detector_config as detector_config  # re-exported: the job's config
 from hybridcxr.config import ensure_config
-from hybridcxr.device import detector_devices
-from hybridcxr.detect.ultralytics_env import cpu_threads, import_ultralytics
+from hybridcxr.device import cpu_threads, detector_devices
+from hybridcxr.detect.ultralytics_env import import_ultralytics
 from hybridcxr.detect.weights import export_detector
 from hybridcxr.errors import DataWarning, DatasetError, InputError
 from hybridcxr.layout import DetectorLayout, PreparedLayout
@@ -80,7 +80,8 @@ def train_detector(data: str | Path, out: str | Path, config: dict[str, Any] | N
     resumed = config["resume"] and last.is_file()
 
     ultralytics = import_ultralytics()
-    device, amp_ok = detector_devices(config["device"])
+    device, amp = detector_devices(config["device"])
+    amp = amp if config["amp"] else False
     workers = config["workers"]
     if workers == "auto":
         workers = 8 if device != "cpu" else cpu_threads()
@@ -97,7 +98,7 @@ def train_detector(data: str | Path, out: str | Path, config: dict[str, Any] | N
         model = ultralytics.YOLO(_model_source(config["model"]))
         args = {
             "data": str(data_yaml), "epochs": config["epochs"], "imgsz": config["imgsz"],
-            "batch": config["batch"], "device": device, "amp": config["amp"] and amp_ok,
+            "batch": config["batch"], "device": device, "amp": amp,
             "workers": int(workers), "patience": config["patience"], "seed": config["seed"],
             "deterministic": True, "project": str(out.parent), "name": out.name, "exist_ok": True,
             "verbose": False, **config["augment"], **config["ultralytics"],
@@ -112,7 +113,7 @@ def train_detector(data: str | Path, out: str | Path, config: dict[str, Any] | N
     card = {
         "epochs_trained": int(len(results)),
         "device": device,
-        "amp": config["amp"] and amp_ok,
+        "amp": amp,
         "data": str(data_yaml),
         "data_summary": {k: summary.get(k) for k in ("source", "images_per_split", "patients_per_split",
                                                      "grouped_by") if k in summary},

@@ -15,10 +15,17 @@ from hybridcxr.detect.ultralytics_env import setup_ultralytics
 setup_ultralytics()  # before ultralytics' first import
 
 from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+from ultralytics.utils import DEFAULT_CFG  # noqa: E402
 
 
 class AtomicDetectionTrainer(DetectionTrainer):
-    """``DetectionTrainer`` whose checkpoints are written to a temporary file, then renamed into place."""
+    """``DetectionTrainer`` whose checkpoints are written to a temporary file, then renamed into place, and
+    which keeps the data-loading workers it is given on the CPU (ultralytics sets them to 0 there)."""
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):  # type: ignore[no-untyped-def]
+        super().__init__(cfg, overrides, _callbacks)
+        if self.device.type == "cpu" and overrides and "workers" in overrides:
+            self.args.workers = int(overrides["workers"])
 
     def save_model(self):  # type: ignore[no-untyped-def]
         """Save ``last.pt`` (and ``best.pt``) through temporary names: a reader never sees half a file."""

@@ -12,7 +12,11 @@ Call :func:`setup_ultralytics` before the first ``import ultralytics`` (all of h
   ``NO_ALBUMENTATIONS_UPDATE=1`` (no version check) and turns ultralytics' AutoUpdate off
   (``YOLO_AUTOINSTALL=False``: a missing requirement is an error, never a ``pip install`` at run time);
 - keeps all CPU cores: ultralytics sets ``OMP_NUM_THREADS=1`` at import and ``torch.set_num_threads`` to
-  ``cpu_count - 1`` when it picks the CPU, which halves speed on a 2-core laptop.
+  ``cpu_count - 1`` when it picks the CPU, which halves speed on a 2-core laptop;
+- lets its trainer run ``amp="bf16"`` on the CPU (its autocast helper refuses bfloat16 anywhere but CUDA):
+  on a CPU with native bfloat16 (AVX512-BF16 or AMX) a training step takes about half the fp32 time;
+- keeps the data-loading workers asked for on the CPU (its trainer sets them to 0 there, so decoding and
+  mosaic run in series with the network).
 
 :func:`export_onnx` runs ultralytics' own ONNX exporter on a model built from our safetensors (not a ``YOLO``
 object from a ``.pt``), offline: no onnxslim (``simplify=False``, it would be pip-installed), the attributes
@@ -28,6 +32,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from hybridcxr.device import cpu_threads
 from hybridcxr.errors import guarded_warnings
 from hybridcxr.files import atomic_path
 
@@ -38,13 +43,6 @@ def hybridcxr_home() -> Path:
     """hybridcxr's own cache folder (``$HYBRIDCXR_HOME``, default ``~/.cache/hybridcxr``)."""
     return Path(os.environ.get("HYBRIDCXR_HOME") or Path.home() / ".cache" / "hybridcxr")
 
-
-def cpu_threads() -> int:
-    """Threads torch should use on the CPU: every core this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def setup_ultralytics() -> None:
@@ -75,6 +73,7 @@ def setup_ultralytics() -> None:
     if SETTINGS.get("sync"):
         SETTINGS.update({"sync": False})  # no usage analytics from a hospital's machine
     _patch_amp_check()
+    _patch_cpu_bf16()
     _DONE = True
 
 
@@ -99,6 +98,22 @@ def _patch_amp_check() -> None:
         return original(model)
 
     trainer.check_amp = check_amp
+
+
+def _patch_cpu_bf16() -> None:
+    """Ultralytics' trainer enters ``autocast(torch.bfloat16, device="cpu")`` for ``amp="bf16"``, which its
+    helper refuses off CUDA; give the trainer torch's own CPU autocast for that one case."""
+    import torch
+    import ultralytics.engine.trainer as trainer
+
+    original = trainer.autocast
+
+    def autocast(enabled, device: str = "cuda"):  # type: ignore[no-untyped-def]
+        if device == "cpu" and enabled is torch.bfloat16:
+            return torch.amp.autocast("cpu", dtype=torch.bfloat16)
+        return original(enabled, device=device)
+
+    trainer.autocast = autocast
 
 
 def export_onnx(model: Any, dest: Path, imgsz: int, opset: int | None = None) -> Path:

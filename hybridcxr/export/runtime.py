@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from hybridcxr.detect.predict import Detector
-from hybridcxr.detect.ultralytics_env import cpu_threads
+from hybridcxr.device import cpu_threads
 from hybridcxr.detect.weights import resolve_weights
 from hybridcxr.errors import ConfigError, InputError
 from hybridcxr.export.record import check_export

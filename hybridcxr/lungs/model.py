@@ -72,7 +72,9 @@ def normalise(image: np.ndarray) -> np.ndarray:
 
 def free_cores() -> int:
     """The cores this process may use that the 1-minute load average leaves idle (at least 1)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from hybridcxr.device import cpu_threads as cores_of_this_process
+
+    cores = cores_of_this_process()
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average on this system

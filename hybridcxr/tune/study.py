@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,11 +188,9 @@ def worker_threads(n_workers: int) -> int:
 
     A trial's matrices are small: threads beyond a worker's share of the cores only contend with the others.
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, int(n_workers)))
+    from hybridcxr.device import cpu_threads
+
+    return max(1, cpu_threads() // max(1, int(n_workers)))
 
 
 def _run_workers(job: _Job, data: TuneData | Callable[[], TuneData], n_workers: int) -> None:

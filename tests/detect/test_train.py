@@ -75,3 +75,33 @@ def test_run_killed_between_its_last_epoch_and_the_export_finishes_on_rerun(tiny
                                                                        "workers": 0}))
     assert (run / "weights" / "best.json").is_file() and result.resumed
     assert result.card["epochs_trained"] == 1
+
+
+def test_the_card_records_the_precision_training_used(run):
+    from hybridcxr.device import cpu_bf16
+
+    _, result = run
+    assert result.card["device"] == "cpu" and result.card["amp"] == ("bf16" if cpu_bf16() else False)
+
+
+def test_ultralytics_trainer_may_autocast_bf16_on_the_cpu_and_keeps_its_workers(run, tmp_path):
+    """Ultralytics refuses bfloat16 autocast off CUDA and sets CPU workers to 0; ultralytics_env and our trainer
+    lift both (a training step in bf16 takes about half its fp32 time on a CPU with native bf16)."""
+    import torch
+
+    from hybridcxr.detect.ultralytics_env import import_ultralytics
+
+    import_ultralytics()
+    import ultralytics.engine.trainer as trainer
+
+    from hybridcxr.detect.trainer import AtomicDetectionTrainer
+
+    a = torch.randn(8, 8)
+    with trainer.autocast(torch.bfloat16, device="cpu"):
+        assert (a @ a).dtype == torch.bfloat16
+    with trainer.autocast(False, device="cpu"):
+        assert (a @ a).dtype == torch.float32
+    out, _ = run
+    built = AtomicDetectionTrainer(overrides={"model": "yolov8n.yaml", "data": str(out / "prepared" / "data.yaml"),
+                                              "device": "cpu", "workers": 2, "project": str(tmp_path), "name": "w"})
+    assert built.args.workers == 2
