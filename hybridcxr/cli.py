@@ -324,6 +324,8 @@ def tune(
     workers: Annotated[int, typer.Option(help="Local worker processes on the same storage.")] = 1,
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value settings of configs/classifier.yaml every trial starts from.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar while caching features.")] = True,
+    features_from: Annotated[Path | None, typer.Option(
+        help="A classifier run (same detector and settings) whose CNN and feature cache seed this run.")] = None,
 ) -> None:
     """Tune the fusion head with Optuna on cached features (pruning, SQLite or PostgreSQL, many workers)."""
     from hybridcxr.config import parse_overrides
@@ -332,7 +334,7 @@ def tune(
     with errors():
         result = tune_fusion(data, detector, out_dir, trials=trials, storage=storage, study_name=study,
                              workers=workers, overrides=parse_overrides(overrides or []),
-                             progress=show_progress(progress))
+                             progress=show_progress(progress), features_from=features_from)
     out.print(result, highlight=False)
 
 

@@ -174,7 +174,7 @@ def _train_models(stage: _StageRunner, paths: _DemoPaths, plan: Mapping[str, Any
               lambda: train_classifier(prepared, det_run, cls_run, classifier_config(hybrid), progress=progress))
         stage(f"tune: {plan['trials']} Optuna trials on SQLite", False,
               lambda: tune_fusion(prepared, det_run, paths.tune, trials=plan["trials"],
-                                  overrides=hybrid, progress=progress))
+                                  overrides=hybrid, progress=progress, features_from=cls_run))
 
 
 def _run_on_held_back(stage: _StageRunner, paths: _DemoPaths, progress: bool) -> tuple[Any, Any]:

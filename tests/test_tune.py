@@ -483,3 +483,32 @@ def test_tune_cli_then_train_with_the_best_config(tiny_detector, tmp_path):
                                  str(out / "best_config.yaml"), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert sorted((out / "features").glob("chunk_*.safetensors")) == chunks, "the tuned features were reused"
+
+
+def test_tune_features_from_a_classifier_run_reuses_its_cache(tiny_detector, tmp_path, monkeypatch):
+    """`tune --features-from RUN` starts from the run's CNN and feature cache: no image is embedded again."""
+    from typer.testing import CliRunner
+
+    import hybridcxr.classify.cache as cache_module
+    from hybridcxr.cli import app
+
+    _, folder, _ = tiny_detector
+    runner = CliRunner()
+    cls = tmp_path / "cls"
+    result = runner.invoke(app, ["train", "classifier", "--data", str(folder / "prepared"), "--detector",
+                                 str(folder / "run"), "--out", str(cls), "--no-progress", "backbone_size=64"])
+    assert result.exit_code == 0, result.output
+
+    def no_embedding(*_args, **_kwargs):
+        raise AssertionError("features were computed again")
+
+    monkeypatch.setattr(cache_module, "_vectors", no_embedding)
+    out = tmp_path / "tune"
+    args = ["tune", "--data", str(folder / "prepared"), "--detector", str(folder / "run"), "--out", str(out),
+            "--trials", "2", "--no-progress", "--features-from", str(cls), "backbone_size=64"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "2 finished trials" in result.output
+    assert sorted(p.name for p in (out / "features").glob("chunk_*")) == sorted(p.name for p in (cls / "features").glob("chunk_*"))
+    result = runner.invoke(app, [*args[:-3], "--out", str(tmp_path / "bad"), "--features-from", str(tmp_path)])
+    assert result.exit_code != 0 and "--features-from must name a run" in result.output

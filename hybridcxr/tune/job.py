@@ -15,14 +15,33 @@ from hybridcxr.tune.storage import count_finished
 from hybridcxr.tune.study import run_tune
 
 
+def seed_from_run(source: ClassifierLayout, target: ClassifierLayout) -> None:
+    """Copy a classifier run's CNN, lung model and feature cache into a tune run where it has none yet."""
+    import shutil
+
+    from hybridcxr.errors import InputError
+
+    if not source.features.is_dir() or not source.backbone.is_file():
+        raise InputError(source.root, "holds no feature cache and CNN (features/, backbone.safetensors): "
+                                      "--features-from must name a run of `hybridcxr train classifier`")
+    if not target.backbone.is_file():
+        shutil.copyfile(source.backbone, target.backbone)
+    for name in ("features", "lungs"):
+        src, dst = source.root / name, target.root / name
+        if src.is_dir() and not dst.exists():
+            shutil.copytree(src, dst)
+
+
 def tune_fusion(data: str | Path, detector: str | Path, out_dir: str | Path, *, trials: int, storage: str | None = None,
                 study_name: str | None = None, workers: int = 1, overrides: Mapping[str, Any] | None = None,
-                progress: bool = True) -> str:
+                progress: bool = True, features_from: str | Path | None = None) -> str:
     """The ``hybridcxr tune`` job: cache features, run the study, export the best config, write the report.
 
     The run folder keeps the CNN the features came from (``backbone.safetensors``) and the exported
     ``best_config.yaml`` points at it and at the cache, so ``train classifier --config best_config.yaml``
-    trains on exactly the features the trials saw. Returns a summary for the terminal.
+    trains on exactly the features the trials saw. ``features_from``: a classifier run trained with the same
+    detector and settings, whose CNN, lung model and feature cache seed this run instead of being computed
+    again (the cache's fingerprints are still checked against the models). Returns a summary for the terminal.
     """
     from functools import partial
 
@@ -31,6 +50,8 @@ def tune_fusion(data: str | Path, detector: str | Path, out_dir: str | Path, *, 
     prepared, out = Path(data), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layout = ClassifierLayout(out)  # a tune run keeps the CNN and the feature cache where a classifier run does
+    if features_from is not None:
+        seed_from_run(ClassifierLayout(Path(features_from)), layout)
     backbone_file = layout.backbone
     config = classifier_config(overrides)
     det, backbone = open_models(detector, config, backbone_file)
