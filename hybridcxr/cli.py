@@ -461,7 +461,7 @@ def evaluate_classifier_cmd(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% confidence intervals.")] = 1000,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Per-finding AUROC with bootstrap CIs, F1 at the stored thresholds, ROC/PR plots, subgroups, ablations."""
+    """Per-finding AUROC with bootstrap CIs, F1 at the stored thresholds, ROC/PR plots, subgroups, ablations; a one-finding run adds accuracy, sensitivity, specificity and a confusion matrix."""
     from hybridcxr.classify.evaluate import evaluate_classifier
 
     with errors():
