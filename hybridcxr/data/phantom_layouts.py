@@ -115,6 +115,8 @@ def make_layout_dataset(
         summary = make_phantom_dataset(root, n, seed=seed, size=size, progress=progress, workers=workers)
         splits = {"train": summary.n_train, "test": summary.n_test}
         return LayoutSummary(root, layout, LAYOUTS[layout], splits, summary.n_patients, dict(summary.positives))
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")  # before an earlier phantom set is cleared
     _clear(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".phantom-staging-", dir=root.parent) as staging:
