@@ -97,14 +97,21 @@ def demo_data(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the phantom dataset into.")],
     n: Annotated[int, typer.Option("--n", help="Number of phantom radiographs.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+    layout: Annotated[str, typer.Option(help="Dataset layout: vindr-cxr (PhysioNet DICOMs), vindr-cxr-kaggle (train.csv), vindr-pcxr, nih (PNGs and tables) or pneumonia (JPEG folders).")] = "vindr-cxr",
 ) -> None:
-    """Write synthetic phantom chest radiographs as DICOM in the VinDr-CXR layout (no downloads)."""
-    from hybridcxr.data.phantom import make_phantom_dataset
+    """Write synthetic phantom chest radiographs in a dataset's own layout (default VinDr-CXR DICOMs; no downloads)."""
+    from hybridcxr.data.phantom_layouts import LAYOUTS, make_layout_dataset
 
-    summary = make_phantom_dataset(out_dir, n=n, seed=seed, progress=show_progress(True))
-    out.print(f"Wrote {summary.n_train} train and {summary.n_test} test phantom DICOMs "
-              f"({summary.n_patients} synthetic patients) to {out_dir}", highlight=False)
-    out.print(f"Prepare them with: hybridcxr prepare vindr-cxr --root {out_dir} --out <PREPARED>", highlight=False)
+    if layout not in LAYOUTS:
+        raise typer.BadParameter(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    with errors():
+        summary = make_layout_dataset(out_dir, layout, n=n, seed=seed, progress=show_progress(True))
+    parts = [f"{count} {split}" for split, count in summary.splits.items()]
+    splits = " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
+    what = "phantom DICOMs" if layout.startswith("vindr") else "phantom images"
+    where = "" if layout == "vindr-cxr" else f" in the {layout} layout"
+    out.print(f"Wrote {splits} {what} ({summary.n_patients} synthetic patients) to {out_dir}{where}", highlight=False)
+    out.print(f"Prepare them with: {summary.prepare_command}", highlight=False)
 
 
 @app.command("check-leakage")
@@ -456,7 +463,7 @@ def evaluate_classifier_cmd(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% confidence intervals.")] = 1000,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Per-finding AUROC with bootstrap CIs, F1 at the stored thresholds, ROC/PR plots, subgroups, ablations."""
+    """Per-finding AUROC with bootstrap CIs, F1 at the stored thresholds, ROC/PR plots, subgroups, ablations; a one-finding run adds accuracy, sensitivity, specificity and a confusion matrix."""
     from hybridcxr.classify.evaluate import evaluate_classifier
 
     with errors():

@@ -29,6 +29,7 @@ from hybridcxr.classify.loop import (
     SplitData,
     end_epoch,
     fit_fusion,
+    label_accuracy,
     loss_fn,
     make_optimizer,
     pos_weight,
@@ -114,12 +115,14 @@ def _loaders(train_paths: list[Path], val_paths: list[Path], config: ClassifierC
             torch.utils.data.DataLoader(_Images(val_paths), shuffle=False, **args))
 
 
-def _train_epoch(step: _Step, loader, data: SplitData, epoch: int) -> float:
-    """One pass over the training images under autocast (CUDA) with gradient scaling; the mean loss."""
+def _train_epoch(step: _Step, loader, data: SplitData, epoch: int) -> tuple[float, np.ndarray]:
+    """One pass over the training images under autocast (CUDA) with gradient scaling; the mean loss and each
+    image's score from its training batch (for the running accuracy)."""
     labels = torch.as_tensor(np.nan_to_num(data.labels), dtype=torch.float32)
     loader.dataset.epoch = epoch  # the epoch's augmentations (seeded by seed, epoch, image)
     step.model.train()
     total, seen = 0.0, 0
+    scores = np.zeros(data.labels.shape, np.float32)
     with progress_bar(len(loader.dataset), f"fine-tuning, epoch {epoch}", step.progress) as advance:
         for images, rows in loader:
             step.optimizer.zero_grad(set_to_none=True)
@@ -131,8 +134,9 @@ def _train_epoch(step: _Step, loader, data: SplitData, epoch: int) -> float:
             step.scaler.update()
             total += float(loss.detach()) * len(rows)
             seen += len(rows)
+            scores[rows.numpy()] = torch.sigmoid(logits.detach().float()).cpu().numpy()
             advance(len(rows))
-    return total / max(seen, 1)
+    return total / max(seen, 1), scores
 
 
 def _validate(step: _Step, loader, data: SplitData) -> tuple[np.ndarray, float]:
@@ -176,10 +180,10 @@ def train_end_to_end(
     train_loader, val_loader = _loaders(train_paths, val_paths, config, step.cuda)
     run = start_run(checkpoint, config, model, optimizer, scheduler)
     for epoch in range(len(run.history) + 1, config.epochs + 1):
-        train_loss = _train_epoch(step, train_loader, train, epoch)
+        train_loss, train_scores = _train_epoch(step, train_loader, train, epoch)
         scores, val_loss = _validate(step, val_loader, val)
         run = end_epoch(run, epoch, model, optimizer, scheduler, config, checkpoint, findings, val.labels, scores,
-                        train_loss, val_loss)
+                        train_loss, val_loss, train_accuracy=label_accuracy(train.labels, train_scores, findings))
         if epoch - run.best_epoch >= config.patience:
             break
     model.load_state_dict(run.best_state)

@@ -1,4 +1,5 @@
-"""``hybridcxr evaluate classifier``: score a classifier run on one split of a prepared dataset, with ablations.
+"""``hybridcxr evaluate classifier``: score a classifier run on one split of a prepared dataset, with ablations
+(and, for a one-finding run such as pneumonia, the binary report: :func:`binary_section`).
 
 Scores come from the run's own models (its detector, CNN and head) on cached features of the prepared
 images. The ablation table retrains the head on the same cached features with feature groups left out (no
@@ -73,6 +74,7 @@ def evaluate_classifier(run: str | Path, prepared: str | Path, *, split: str = "
         f"the head's best validation macro AUROC was {card['val_macro_auroc']:.3f} at epoch {card['best_epoch']}.",
     ]
     out = Path(out) if out is not None else run / f"report-{split}"
+    binary = binary_section(out, findings, data.labels, scores, card["thresholds"], split, history)
     manifest = read_manifest(prepared).set_index("image_id")
     patients = manifest["patient_id"].astype(str) if "patient_id" in manifest else None
     return write_classifier_report(
@@ -80,7 +82,22 @@ def evaluate_classifier(run: str | Path, prepared: str | Path, *, split: str = "
         thresholds=card["thresholds"], sex=np.array(data.sex, dtype=object), age_years=data.age_years,
         history=history, ablation=table, notes=notes, n_boot=n_boot,
         uncalibrated=raw if card.get("calibration") else None, no_claim=card.get("unlearned") or {},
-        patient_ids=None if patients is None else patients.loc[data.image_ids].tolist())
+        patient_ids=None if patients is None else patients.loc[data.image_ids].tolist(), extra=binary)
+
+
+def binary_section(out: Path, findings: tuple[str, ...], labels: np.ndarray, scores: np.ndarray,
+                   thresholds: dict[str, float], split: str, history: pd.DataFrame | None) -> list[str]:
+    """For a run with exactly one finding besides "No finding" (a binary task such as pneumonia): write the
+    binary report into ``out`` (:mod:`hybridcxr.report.binary`) and return its ``report.md`` section; else
+    write nothing and return no lines."""
+    from hybridcxr.report.binary import binary_finding, write_binary_report
+
+    finding = binary_finding(findings)
+    if finding is None:
+        return []
+    c = findings.index(finding)
+    return write_binary_report(out, y_true=labels[:, c], y_score=scores[:, c], finding=finding,
+                               threshold=thresholds[finding], split=split, history=history)
 
 
 def ablation_table(prepared: Path, cache, findings: tuple[str, ...], config: dict, data, scores: np.ndarray,

@@ -21,6 +21,7 @@ import pandas as pd
 from hybridcxr.classify.fusion import STANDARDISED, FusionConfig, FusionHead, assemble_inputs
 from hybridcxr.errors import DataWarning
 from hybridcxr.files import atomic_path, read_json_or_none, write_json
+from hybridcxr.findings import NO_FINDING
 from hybridcxr.report.metrics import labels_array, macro_auroc, names_for
 
 #: ``callback(epoch, val_macro_auroc)`` after every epoch; Optuna's pruner raises from it.
@@ -86,7 +87,7 @@ class HeadResult:
     """What :func:`train_head` returns."""
 
     head: FusionHead
-    history: pd.DataFrame  # epoch, train_loss, val_loss, val_macro_auroc, lr
+    history: pd.DataFrame  # epoch, train_loss, val_loss, train_accuracy, val_accuracy, val_macro_auroc, lr
     best_auroc: float
     best_epoch: int
 
@@ -132,17 +133,36 @@ def start_run(checkpoint: Path | None, config: Mapping[str, Any], model, optimiz
                     state.get("best_state") or {k: v.detach().clone() for k, v in model.state_dict().items()}, rng)
 
 
+def label_accuracy(labels: np.ndarray, scores: np.ndarray, findings: Sequence[str], threshold: float = 0.5) -> float:
+    """Share of labelled image-finding pairs decided right at ``threshold`` (Keras' binary accuracy), over the
+    findings other than "No finding" where there are any (it repeats them); NaN when nothing is labelled.
+
+    >>> label_accuracy(np.array([[1, 0], [0, 1]]), np.array([[0.9, 0.2], [0.7, 0.1]]), ["Pneumonia", "No finding"])
+    0.5
+    """
+    labels, scores = np.asarray(labels, dtype=float), np.asarray(scores, dtype=float)
+    named = [c for c, f in enumerate(findings) if f != NO_FINDING] or list(range(len(findings)))
+    y, p = labels[:, named], scores[:, named]
+    known = ~np.isnan(y)
+    if not known.any():
+        return float("nan")
+    return float(((p[known] >= threshold) == (y[known] == 1)).mean())
+
+
 def end_epoch(run: RunState, epoch: int, model, optimizer, scheduler, config: Mapping[str, Any],
               checkpoint: Path | None, findings: tuple[str, ...], val_labels: np.ndarray, val_scores: np.ndarray,
-              train_loss: float, val_loss: float) -> RunState:
-    """Score the epoch (validation macro AUROC), step the scheduler, keep the best weights, checkpoint."""
+              train_loss: float, val_loss: float, *, train_accuracy: float = float("nan")) -> RunState:
+    """Score the epoch (validation macro AUROC and accuracy at 0.5), step the scheduler, keep the best
+    weights, checkpoint. ``train_accuracy`` is the epoch's running accuracy on the training batches."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a finding absent from a small validation split: NaN, left out
         auroc = macro_auroc(val_labels, val_scores, findings)
     auroc = float(auroc) if np.isfinite(auroc) else 0.5
     scheduler.step(auroc)
-    run.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_macro_auroc": auroc,
-                        "lr": optimizer.param_groups[-1]["lr"]})
+    run.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                        "train_accuracy": train_accuracy,
+                        "val_accuracy": label_accuracy(val_labels, val_scores, findings),
+                        "val_macro_auroc": auroc, "lr": optimizer.param_groups[-1]["lr"]})
     if auroc > run.best_auroc:
         run.best_auroc, run.best_epoch = auroc, epoch
         run.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

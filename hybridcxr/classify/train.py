@@ -10,7 +10,7 @@ chooses per-finding thresholds on validation and writes a self-contained run fol
     RUN/backbone.safetensors                        the CNN whose embeddings it was trained on
     RUN/features/                                   the feature cache (views/: the training images' augmented
                                                     views, with augment_views >= 1)
-    RUN/history.csv, RUN/training_curves.png        loss and validation AUROC per epoch
+    RUN/history.csv, RUN/training_curves.png        loss, accuracy and validation AUROC per epoch
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from hybridcxr.classify.loop import (
     SplitData,
     end_epoch,
     fit_fusion,
+    label_accuracy,
     loss_fn,
     make_optimizer,
     pos_weight,
@@ -81,20 +82,23 @@ def train_head(
     for epoch in range(len(run.history) + 1, config["epochs"] + 1):
         head.train()
         order = torch.as_tensor(run.rng.permutation(n), device=device)
-        total = 0.0
+        total, seen = 0.0, torch.zeros_like(y_train)  # seen: each row's score from its training batch
         for start in range(0, n, batch):
             rows = order[start:start + batch]
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(head({k: v[rows] for k, v in x_train.items()}), y_train[rows])
+            logits = head({k: v[rows] for k, v in x_train.items()})
+            loss = criterion(logits, y_train[rows])
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(rows)
+            seen[rows] = torch.sigmoid(logits.detach())
         head.eval()
         with torch.inference_mode():
             val_logits = head(x_val)
             val_loss = float(criterion(val_logits, y_val))
         run = end_epoch(run, epoch, head, optimizer, scheduler, config, checkpoint, findings, val.labels,
-                        torch.sigmoid(val_logits).cpu().numpy(), total / max(n, 1), val_loss)
+                        torch.sigmoid(val_logits).cpu().numpy(), total / max(n, 1), val_loss,
+                        train_accuracy=label_accuracy(train.labels, seen.cpu().numpy(), findings))
         if callback is not None:
             callback(epoch, run.history[-1]["val_macro_auroc"])
         if epoch - run.best_epoch >= config["patience"]:

@@ -106,6 +106,24 @@ class PhantomSummary:
     positives: dict[str, int]  # images whose truth carries each finding (both splits)
     boxes: int  # box rows written to the annotation CSVs (all readers, both splits)
     seed: int = 0
+    images: tuple[PhantomImage, ...] = ()  # every image written, in image order, with its truth
+
+
+@dataclass(frozen=True)
+class PhantomImage:
+    """One phantom as drawn: its file, patient, demographics and true findings and boxes (before any reader
+    jitters or misses them), so other layouts (:mod:`hybridcxr.data.phantom_layouts`) can be made from it."""
+
+    image_id: str
+    split: str
+    path: Path
+    patient_id: str
+    sex: str | None
+    age: int  # years, at this image (the header may say it in months, or not at all)
+    study_date: date
+    findings: frozenset[str]
+    boxes: tuple[tuple[str, tuple[float, float, float, float]], ...]  # (finding, true box in original pixels)
+    shape: tuple[int, int]  # rows, columns
 
 
 @dataclass(frozen=True)
@@ -802,13 +820,13 @@ def _readme(n: int, seed: int, n_train: int, n_test: int, size: tuple[int, int] 
     )
 
 
-#: What :func:`_make_one` returns: the plan, its true findings, annotation rows and image-label rows.
-_Result = tuple[_Plan, set[str], list[dict], list[dict]]
+#: What :func:`_make_one` returns: the image with its truth, annotation rows and image-label rows.
+_Result = tuple[_Plan, PhantomImage, list[dict], list[dict]]
 
 
 def _make_one(job: tuple[_Plan, int, tuple[int, int] | None, str, bool]) -> _Result:
-    """Draw and write one phantom (and, when asked, its lung mask); return its plan, true findings,
-    annotation rows and image-label rows."""
+    """Draw and write one phantom (and, when asked, its lung mask); return its plan, the image with its
+    truth, annotation rows and image-label rows."""
     plan, seed, size, root, masks = job
     rendered = _render(plan, seed, size)
     rows, label_rows = _reader_rows(plan, seed, rendered.boxes, rendered.stored.shape)
@@ -818,7 +836,10 @@ def _make_one(job: tuple[_Plan, int, tuple[int, int] | None, str, bool]) -> _Res
         ds.save_as(tmp, enforce_file_format=True)
     if masks and plan.split == "train":
         _write_lung_pair(Path(root) / LUNG_DIR, path, rendered.lungs)
-    return plan, {b.finding for b in rendered.boxes}, rows, label_rows
+    image = PhantomImage(plan.image_id, plan.split, path, plan.patient.patient_id, plan.patient.sex, plan.age,
+                         plan.study_date, frozenset(b.finding for b in rendered.boxes),
+                         tuple((b.finding, b.box) for b in rendered.boxes), tuple(rendered.stored.shape))
+    return plan, image, rows, label_rows
 
 
 LUNG_DIR = "lungs"
@@ -903,8 +924,10 @@ def make_phantom_dataset(
     labels: dict[str, list[dict]] = {"train": [], "test": []}
     positives = dict.fromkeys(PHANTOM_FINDINGS, 0)
     jobs = [(plan, seed, size, str(root), lung_masks) for plan in plans]
-    for plan, findings, rows, label_rows in _results(jobs, max(1, min(workers, n)), progress):
-        for finding in findings:
+    images = []
+    for plan, image, rows, label_rows in _results(jobs, max(1, min(workers, n)), progress):
+        images.append(image)
+        for finding in image.findings:
             positives[finding] += 1
         annotations[plan.split] += rows
         labels[plan.split] += label_rows
@@ -929,7 +952,7 @@ def make_phantom_dataset(
     readme = _readme(n, seed, n - n_test, n_test, size)
     write_text(root / "README.txt", readme)
     return PhantomSummary(root, n - n_test, n_test, len({p.patient.patient_id for p in plans}),
-                          positives, boxes, seed)
+                          positives, boxes, seed, tuple(images))
 
 
 def _remove_stale(root: Path, keep: set[tuple[str, str]]) -> None:

@@ -108,7 +108,7 @@ def write_classifier_report(
     age_years: Sequence[float], history: pd.DataFrame | None = None, ablation: pd.DataFrame | None = None,
     title: str = "hybridcxr classifier report", notes: Sequence[str] = (), n_boot: int = 1000, seed: int = 0,
     patient_ids: Sequence[str] | None = None, uncalibrated: np.ndarray | None = None,
-    no_claim: Mapping[str, str] | None = None,
+    no_claim: Mapping[str, str] | None = None, extra: Sequence[str] = (),
 ) -> Path:
     """Write a classifier's evaluation on one split into ``out_dir``; return the path of ``report.md``.
 
@@ -138,6 +138,8 @@ def write_classifier_report(
             reliability diagram (``calibration.csv``, ``reliability.png``).
         no_claim: ``{finding: reason}`` for findings the model never learned: no AUROC or decision metric is
             claimed for them (their labels are left out), and the report says why.
+        extra: more Markdown lines, placed after the per-finding section (e.g. the binary decision section of
+            :func:`hybridcxr.report.binary.write_binary_report` for a one-finding model).
     """
     yt, ys, names = _check(y_true, y_score, findings)
     no_claim = {f: r for f, r in (no_claim or {}).items() if f in names}
@@ -184,6 +186,7 @@ def write_classifier_report(
     if no_claim:
         lines += ["", "Not claimed (the model never learned them, so no AUROC and no decision): " + "; ".join(
             f"{f} ({reason})" for f, reason in no_claim.items())]
+    lines += ["", *extra] if extra else []
     lines += calibration_lines
     lines += ["", "## By patient group", ""] + _subgroup_markdown(subgroups, names)
     if ablation is not None and len(ablation):

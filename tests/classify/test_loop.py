@@ -93,3 +93,21 @@ def test_two_runs_with_one_seed_give_the_same_head():
     c = train_head(train, val, ("a", "b", "c"), classifier_config({**config.to_dict(), "seed": 6}))
     assert all(torch.equal(v, b.head.state_dict()[k]) for k, v in a.head.state_dict().items())
     assert not all(torch.equal(v, c.head.state_dict()[k]) for k, v in a.head.state_dict().items())
+
+
+def test_history_records_accuracy_of_the_kept_model() -> None:
+    """Per-epoch accuracy (at 0.5) is recorded for both splits; the best epoch's is the returned head's."""
+    from hybridcxr.classify.loop import label_accuracy
+    from hybridcxr.classify.train import predict_head
+
+    rng = np.random.default_rng(1)
+    train, val = _split(rng, 48), _split(rng, 24)
+    findings = ("a", "b", "c")
+    config = classifier_config({"epochs": 4, "patience": 10, "hidden": [8], "batch_size": 16, "device": "cpu"})
+    result = train_head(train, val, findings, config)
+    history = result.history
+    assert {"train_accuracy", "val_accuracy"} <= set(history.columns) and len(history) == 4
+    assert history[["train_accuracy", "val_accuracy"]].stack().between(0, 1).all()
+    best = history.set_index("epoch").loc[result.best_epoch]
+    assert best["val_accuracy"] == pytest.approx(label_accuracy(val.labels, predict_head(result.head, val), findings))
+    assert np.isnan(label_accuracy(np.full((2, 1), np.nan), np.zeros((2, 1)), ["a"]))
