@@ -2,6 +2,7 @@
 
     python tools/bench_detector.py [--n 400] [--epochs 80] [--imgsz 320] [--out runs/bench_detector]
     python tools/bench_detector.py --only-runtime [--imgsz 320]      # 3. alone, on a detector trained 1 epoch
+    python tools/bench_detector.py --only-train-speed [--n 240 --imgsz 192 --train-epochs 5]   # 4. alone
 
 1. Accuracy: writes phantom DICOMs, prepares them, trains YOLOv8n from scratch on the train split, runs
    ``hybridcxr detect`` on the validation split's original DICOMs and prints VinDr mAP@0.4 on it.
@@ -14,6 +15,12 @@
    the network alone (NMS included, on decoded images), after checking on those files that the ONNX graph's
    outputs equal PyTorch's within the export's tolerance. ``--only-runtime`` runs this part alone; it reuses
    ``--out``'s trained run, or trains one epoch on 48 phantoms (speed does not depend on training).
+4. Training speed: training images/s of ``hybridcxr train detector`` (its defaults: bfloat16 autocast where
+   the CPU has native bf16, data loaders beside the network, images cached in RAM) against ultralytics' own
+   ``YOLO("yolov8n.yaml").train`` with its defaults (run in its own process), on the same prepared phantoms
+   with the same epochs, image size and batch. Images/s = training images x epochs / the seconds spent in
+   the training epochs (measured by callbacks from each epoch's start to its end: validation and checkpoint
+   writing are left out on both sides, as are start-up and the dataset scan).
 """
 
 from __future__ import annotations
@@ -42,6 +49,60 @@ for result in model.predict(paths, imgsz=imgsz, conf=conf, verbose=False, stream
     n += 1
 print(json.dumps({"images": n, "seconds": time.perf_counter() - start}))
 """
+
+
+_TRAIN_BASELINE = r"""
+import json, sys, time
+from ultralytics import YOLO
+data, epochs, imgsz, project = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+model = YOLO("yolov8n.yaml")
+spans, start = [], {}
+model.add_callback("on_train_epoch_start", lambda t: start.update(t=time.perf_counter()))
+model.add_callback("on_train_epoch_end", lambda t: spans.append(time.perf_counter() - start["t"]))
+model.train(data=data, epochs=epochs, imgsz=imgsz, batch=16, device="cpu", project=project, name="ultralytics",
+            exist_ok=True, verbose=False, plots=False)
+print(json.dumps({"seconds": sum(spans), "epochs": len(spans)}))
+"""
+
+
+def training_speed(args: argparse.Namespace) -> None:
+    """4.: training images/s of hybridcxr's trainer against ultralytics' defaults, same data and epochs."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from hybridcxr.data.phantom import make_phantom_dataset
+    from hybridcxr.data.prepare import PrepareOptions, prepare
+    from hybridcxr.data.sources import load_source
+    from hybridcxr.detect.train import detector_config, train_detector
+    from hybridcxr.detect.ultralytics_env import import_ultralytics
+
+    out = Path(args.out) / "train-speed"
+    phantom, prepared = out / "phantom", out / "prepared"
+    if not (phantom / "annotations").is_dir():
+        make_phantom_dataset(phantom, n=args.n, seed=args.seed, workers=2)
+    prepare(load_source("vindr-cxr", phantom), prepared, PrepareOptions(size=args.imgsz, progress=False))
+    n_train = int((pd.read_csv(prepared / "manifest.csv")["split"] == "train").sum())
+    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
+    base = subprocess.run([sys.executable, "-c", _TRAIN_BASELINE, str(prepared / "data.yaml"), str(args.train_epochs),
+                           str(args.imgsz), str(out / "runs")], check=True, capture_output=True, text=True, env=env)
+    base_s = json.loads(base.stdout.strip().splitlines()[-1])["seconds"]
+    import_ultralytics()
+    spans, start = [], {}
+    from ultralytics.utils import callbacks
+
+    callbacks.default_callbacks["on_train_epoch_start"].append(lambda t: start.update(t=time.perf_counter()))
+    callbacks.default_callbacks["on_train_epoch_end"].append(lambda t: spans.append(time.perf_counter() - start["t"]))
+    run = train_detector(prepared, out / "runs" / f"hybridcxr-{time.time_ns()}", detector_config(
+        {"epochs": args.train_epochs, "imgsz": args.imgsz, "batch": 16, "patience": args.train_epochs}))
+    ours_s = sum(spans)
+    images = n_train * args.train_epochs
+    print(f"\ntraining speed: {n_train} training phantoms x {args.train_epochs} epochs at {args.imgsz} px, batch 16, "
+          f"CPU ({len(os.sched_getaffinity(0))} cores), precision {run.card['amp'] or 'fp32'}:")
+    print(f"  ultralytics YOLO.train (defaults): {images / base_s:.1f} images/s ({base_s:.1f} s in epochs)")
+    print(f"  hybridcxr train detector:          {images / ours_s:.1f} images/s ({ours_s:.1f} s in epochs)")
+    print(f"RESULT training speed ratio hybridcxr / ultralytics = {base_s / ours_s:.2f}x")
 
 
 def accuracy(args: argparse.Namespace) -> Path:
@@ -207,13 +268,19 @@ def main() -> None:
     parser.add_argument("--skip-accuracy", action="store_true", help="only time an already trained run")
     parser.add_argument("--only-runtime", action="store_true",
                         help="only 3.: ONNX against PyTorch and ultralytics (reuses --out's run, else trains 1 epoch)")
+    parser.add_argument("--only-train-speed", action="store_true", help="only 4.: training images/s against ultralytics")
+    parser.add_argument("--train-epochs", type=int, default=5, help="epochs each side trains in 4.")
     args = parser.parse_args()
+    if args.only_train_speed:
+        training_speed(args)
+        return
     if args.only_runtime:
         runtime_speed(tiny_run(Path(args.out), args.imgsz), args)
         return
     run = Path(args.out) / "run" if args.skip_accuracy else accuracy(args)
     speed(run, args)
     runtime_speed(run, args)
+    training_speed(args)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def main() -> None:
         rate = subprocess.run([str(checkout / ".venv" / "bin" / "python"), "-c", _RATE], check=True,
                               capture_output=True, text=True).stdout.strip()
         rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", report)
-        print(f"\nRESULT demo ({args.size}) from a clean clone: {wall / 60:.0f} min {wall % 60:02.0f} s wall "
+        print(f"\nRESULT demo ({args.size}) from a clean clone: {int(wall // 60)} min {int(wall % 60):02d} s wall "
               f"({venv:.0f} s venv set-up, {wall - venv:.0f} s demo), peak RSS "
               f"{int(rss.group(1)) / 1e6 if rss else float('nan'):.1f} GB; machine: {os.cpu_count()} cores, "
               f"{rate} GFLOP/s fp32 matmul on 2 threads; load average before {load_before[0]:.2f}, "
