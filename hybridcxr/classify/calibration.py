@@ -72,8 +72,10 @@ def temperatures_of(calibration: Mapping[str, Any] | None, findings: Sequence[st
 
 def calibrated(logits: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
     """``sigmoid(logits / T)`` per finding column, float32."""
+    from scipy.special import expit  # no overflow warning for logits far below zero
+
     z = np.asarray(logits, np.float64) / np.asarray(temperatures, np.float64)
-    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+    return expit(z).astype(np.float32)
 
 
 def unlearned_findings(train_labels: np.ndarray, findings: Sequence[str]) -> dict[str, str]:
