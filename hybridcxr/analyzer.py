@@ -85,9 +85,10 @@ class Analyzer:
         self.lungs = run_lung_side(layout.lungs, self.card.get("lungs"), device=self.detector.device)
         self.findings: list[str] = list(self.config.findings)
         self.thresholds: dict[str, float] = {f: float(self.card["thresholds"].get(f, 0.5)) for f in self.findings}
-        from hybridcxr.classify.calibration import temperatures_of
+        from hybridcxr.classify.calibration import biases_of, temperatures_of
 
         self.temperatures = temperatures_of(self.card.get("calibration"), self.findings)
+        self.biases = biases_of(self.card.get("calibration"), self.findings)
         self.unlearned: dict[str, str] = dict(self.card.get("unlearned") or {})
         """``{finding: reason}``: findings without a positive training image carry no decision."""
         self.gating = run_gating(self.card, layout.card)
@@ -132,10 +133,10 @@ class Analyzer:
         from hybridcxr.classify.calibration import calibrated
 
         if self.onnx is not None:
-            probs = calibrated(self.onnx.head.logits(inputs), self.temperatures)
+            probs = calibrated(self.onnx.head.logits(inputs), self.temperatures, self.biases)
         else:
             with torch.inference_mode():
-                probs = calibrated(self.head(inputs).numpy(), self.temperatures)
+                probs = calibrated(self.head(inputs).numpy(), self.temperatures, self.biases)
         out = []
         for d, p, age, sex, m in zip(detections, probs, ages, sexes, measures):
             scores = {f: float(v) for f, v in zip(self.findings, p)}

@@ -98,8 +98,10 @@ class ThresholdRule(StrEnum):
 
 
 class Calibration(StrEnum):
-    """How the classifier's scores become probabilities: temperature scaling on validation, or none."""
+    """How the classifier's scores become probabilities: temperature (or temperature and bias) scaling fitted
+    on validation, or none."""
     temperature = "temperature"
+    platt = "platt"
     none = "none"
 
 

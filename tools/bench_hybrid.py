@@ -85,11 +85,12 @@ def gated_vs_ungated(name: str, prepared: Path, cls: Path, out: Path) -> dict[st
 
 
 def calibration_lines(name: str, prepared: Path, cls: Path) -> None:
-    """Validation and test macro ECE / Brier with and without the run's temperatures."""
+    """Validation and test macro ECE / Brier of the run's head uncalibrated, with temperatures and with Platt
+    scaling (temperature and bias), both fitted on the validation logits as `train classifier` fits them."""
     import numpy as np
 
     from hybridcxr.classify.cache import run_lung_side
-    from hybridcxr.classify.calibration import calibrated, temperatures_of
+    from hybridcxr.classify.calibration import apply_calibration, calibrated, fit_calibration
     from hybridcxr.classify.fusion import load_checkpoint
     from hybridcxr.classify.train import cache_features, classifier_config, head_logits, load_split_data, open_models
     from hybridcxr.layout import ClassifierLayout
@@ -103,19 +104,23 @@ def calibration_lines(name: str, prepared: Path, cls: Path) -> None:
     cache = cache_features(prepared, detector, backbone, layout.features, False,
                            run_lung_side(layout.lungs, card.get("lungs")))
     known = [c for c, f in enumerate(findings) if f not in (card.get("unlearned") or {})]
+    data = {split: load_split_data(prepared, cache, findings, split) for split in ("val", "test")}
+    logits = {split: head_logits(head, d) for split, d in data.items()}
+    fitted = {m: fit_calibration(logits["val"], data["val"].labels, findings, m) for m in ("temperature", "platt")}
     for split in ("val", "test"):
-        data = load_split_data(prepared, cache, findings, split)
-        logits = head_logits(head, data)
-        raw = calibrated(logits, np.ones(len(findings)))
-        after = calibrated(logits, temperatures_of(card.get("calibration"), findings))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            table = calibration_table(data.labels[:, known], raw[:, known], after[:, known],
-                                      [findings[c] for c in known])
-        mean = table.iloc[-1]
-        print(f"RESULT {name} {split} macro ECE: uncalibrated {mean['ece_before']:.4f}, temperature "
-              f"{mean['ece_after']:.4f}; Brier {mean['brier_before']:.4f} -> {mean['brier_after']:.4f} "
-              f"({len(known)} learned findings)")
+        raw = calibrated(logits[split], np.ones(len(findings)))
+        means = {}
+        for method, entry in fitted.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                table = calibration_table(data[split].labels[:, known], raw[:, known],
+                                          apply_calibration(logits[split], entry, findings)[:, known],
+                                          [findings[c] for c in known])
+            means[method] = table.iloc[-1]
+        t, p = means["temperature"], means["platt"]
+        print(f"RESULT {name} {split} macro ECE: uncalibrated {t['ece_before']:.4f}, temperature "
+              f"{t['ece_after']:.4f}, platt {p['ece_after']:.4f}; Brier {t['brier_before']:.4f} -> "
+              f"{t['brier_after']:.4f} (temperature), {p['brier_after']:.4f} (platt) ({len(known)} learned findings)")
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from hybridcxr.classify.cache import run_lung_side
-from hybridcxr.classify.calibration import calibrated, temperatures_of
+from hybridcxr.classify.calibration import apply_calibration, calibrated
 from hybridcxr.classify.fusion import load_checkpoint
 from hybridcxr.classify.train import (
     cache_features,
@@ -57,7 +57,7 @@ def evaluate_classifier(run: str | Path, prepared: str | Path, *, split: str = "
     data = load_split_data(prepared, cache, findings, split)
     logits = head_logits(head, data)  # once: the raw and the calibrated scores both come from it
     raw = calibrated(logits, np.ones(len(findings)))
-    scores = calibrated(logits, temperatures_of(card.get("calibration"), findings))
+    scores = apply_calibration(logits, card.get("calibration"), findings)
     table = None
     if ablation:
         with warnings.catch_warnings():

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from hybridcxr.classify.augment import augmentation_card
-from hybridcxr.classify.calibration import calibrated, fit_calibration, temperatures_of, unlearned_findings
+from hybridcxr.classify.calibration import apply_calibration, calibrated, fit_calibration, unlearned_findings
 from hybridcxr.classify.fusion import FusionHead, save_checkpoint
 from hybridcxr.classify.loop import (
     EpochCallback,
@@ -285,8 +285,9 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
     else:
         result = train_head(train, val, findings, config, checkpoint=layout.checkpoint)
     val_logits = head_logits(result.head, val)
-    calibration = None if config.calibration == "none" else fit_calibration(val_logits, val.labels, findings)
-    val_scores = calibrated(val_logits, temperatures_of(calibration, findings))
+    calibration = (None if config.calibration == "none"
+                   else fit_calibration(val_logits, val.labels, findings, str(config.calibration)))
+    val_scores = apply_calibration(val_logits, calibration, findings)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         thresholds = choose_thresholds(val.labels, val_scores, findings, rule=config["threshold_rule"])

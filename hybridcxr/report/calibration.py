@@ -76,7 +76,7 @@ def plot_reliability(y_true: np.ndarray, before: np.ndarray, after: np.ndarray, 
     fig, (ax, counts) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     width = 1 / BINS
-    for scores, label, style in ((before, "before calibration", "o-"), (after, "after (temperature)", "s-")):
+    for scores, label, style in ((before, "before calibration", "o-"), (after, "after calibration", "s-")):
         y, p = _known(np.asarray(y_true).ravel(), np.asarray(scores).ravel())
         index = _bin_index(p, BINS)
         used = np.unique(index)
