@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from hybridcxr.classify.loop import (
     pos_weight,
     start_run,
 )
-from hybridcxr.config import ClassifierConfig, ensure_config
+from hybridcxr.config import ClassifierConfig, ensure_config, look_up_option
 from hybridcxr.config import classifier_config as classifier_config  # re-exported: the job's config
 from hybridcxr.device import choose_device
 from hybridcxr.errors import DatasetError, InputError
@@ -189,12 +189,20 @@ def read_manifest(prepared: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"image_id": str})
 
 
-def dataset_findings(prepared: Path) -> tuple[str, ...]:
-    """What the classifier learns on a prepared dataset: its findings in data.yaml order, then "No finding"
-    (the normal/abnormal output), reported like any finding."""
+def dataset_findings(prepared: Path, subset: Sequence[str] | None = None) -> tuple[str, ...]:
+    """What the classifier learns on a prepared dataset: its findings in data.yaml order (only those of
+    ``subset``, the classifier setting ``findings``, when given), then "No finding" (the normal/abnormal output,
+    from the dataset's own label), reported like any finding.
+
+    Raises ConfigError naming a finding of ``subset`` that the dataset does not have (with a did-you-mean).
+    """
     from hybridcxr.detect.train import data_names
 
     names = tuple(data_names(PreparedLayout(prepared).data_yaml))
+    if subset is not None:
+        for name in subset:
+            look_up_option(name, (*names, NO_FINDING), "finding", where=f"classifier setting findings ({prepared})")
+        names = tuple(n for n in names if n in subset)
     return names if NO_FINDING in names else (*names, NO_FINDING)
 
 
@@ -248,7 +256,7 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
     """
     config = ensure_config("classifier", config)
     prepared, out = Path(data), Path(out)
-    findings = dataset_findings(prepared)
+    findings = dataset_findings(prepared, config.findings)
     layout = ClassifierLayout(out)
     if layout.card.is_file():
         raise InputError(out, "already holds a trained classifier (model/card.json); choose another --out")
