@@ -71,10 +71,14 @@ def prepare(
     keep_official_test: Annotated[bool | None, typer.Option("--keep-official-test/--resplit-test", help="Keep the dataset's own test split [configs/prepare.yaml].")] = None,
     split_tables: Annotated[str | None, typer.Option(help="Your own split tables, train,val,test (or train,test: val carved from train's patients), e.g. train-small.csv,valid-small.csv,test.csv; refused when a patient is in two.")] = None,
     patient_column: Annotated[str | None, typer.Option(help="The split tables' patient column [found by its usual names: Patient ID, PatientId, patient_id].")] = None,
+    findings: Annotated[str | None, typer.Option(help="vindr-pcxr only: diagnoses (image level, no boxes: for the classifier) or lesions (the boxed lesions: for the detector) [diagnoses].")] = None,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Decode, split (patient-grouped) and fuse readers' boxes into a YOLO dataset plus manifest."""
+    if findings is not None and (source != "vindr-pcxr" or findings not in ("diagnoses", "lesions")):
+        raise typer.BadParameter(f"--findings is diagnoses or lesions, for vindr-pcxr only (got {findings!r} "
+                                 f"for {source})")
     from hybridcxr.data.prepare import PrepareOptions
     from hybridcxr.data.prepare import prepare as run_prepare
     from hybridcxr.data.sources import load_source
@@ -87,6 +91,7 @@ def prepare(
             split_tables=[Path(p) for p in split_tables.split(",")] if split_tables else None,
             patient_column=patient_column, **({"workers": workers} if workers is not None else {}))
         extra = {"extra_boxes": list(extra_boxes)} if extra_boxes else {}
+        extra |= {"findings": findings} if findings is not None else {}
         tables = load_source(source, root, labels=labels, boxes=boxes, label_rule=options.label_rule, **extra)
         result = run_prepare(tables, out_dir, options)
     finish_batch(result)
@@ -333,14 +338,16 @@ def tune(
     progress: Annotated[bool, typer.Option(help="Show a progress bar while caching features.")] = True,
     features_from: Annotated[Path | None, typer.Option(
         help="A classifier run (same detector and settings) whose CNN and feature cache seed this run.")] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", help="YAML of classifier settings every trial starts from, e.g. a recipe's (configs/recipes/).")] = None,
 ) -> None:
     """Tune the fusion head with Optuna on cached features (pruning, SQLite or PostgreSQL, many workers)."""
-    from hybridcxr.config import parse_overrides
+    from hybridcxr.config import parse_overrides, read_config_file
     from hybridcxr.tune import tune_fusion
 
     with errors():
+        settings = read_config_file(config_file) if config_file is not None else {}
         result = tune_fusion(data, detector, out_dir, trials=trials, storage=storage, study_name=study,
-                             workers=workers, overrides=parse_overrides(overrides or []),
+                             workers=workers, overrides={**settings, **parse_overrides(overrides or [])},
                              progress=show_progress(progress), features_from=features_from)
     out.print(result, highlight=False)
 

@@ -218,6 +218,7 @@ class ClassifierConfig(JobConfig):
     backbone: BackboneName
     backbone_weights: Union[str, None]
     backbone_size: int
+    findings: Union[list[str], None]
     groups: list[str]
     lungs: Union[str, None]
     crop: Crop
@@ -235,6 +236,7 @@ class ClassifierConfig(JobConfig):
     epochs: int
     patience: int
     lr_patience: int
+    lr_factor: float
     pos_weight: PosWeight
     loss: Loss
     threshold_rule: ThresholdRule
@@ -350,6 +352,9 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
                            "three fractions (train, val, test) summing to 1"),
     ("classifier", "groups"): (lambda v: bool(v) and set(v) <= {"yolo", "cnn", "lungs", "age", "sex"},
                                "a non-empty list of yolo, cnn, lungs, age, sex"),
+    ("classifier", "findings"): (lambda v: v is None or (bool(v) and len(set(v)) == len(v)),
+                                 "null or a non-empty list of distinct finding names"),
+    ("classifier", "lr_factor"): (lambda v: 0 < v < 1, "between 0 and 1"),
     ("classifier", "crop_margin"): (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
     ("classifier", "hidden"): (lambda v: all(0 < w <= 65536 for w in v), "widths between 1 and 65536"),
     ("classifier", "dropout"): (lambda v: 0 <= v < 1, "in [0, 1)"),

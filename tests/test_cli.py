@@ -43,7 +43,8 @@ def test_prepare_missing_tables_names_the_file(tmp_path):
     assert str(tmp_path) in result.output
 
 
-@pytest.mark.parametrize("args", [["--split", "0.5,0.5"], ["--bits", "12"], ["--fusion", "mean"]])
+@pytest.mark.parametrize("args", [["--split", "0.5,0.5"], ["--bits", "12"], ["--fusion", "mean"],
+                                  ["--findings", "lesions"]])  # --findings is vindr-pcxr's
 def test_prepare_bad_options_are_usage_errors(tmp_path, args):
     result = runner.invoke(app, ["prepare", "vindr-cxr", "--root", str(tmp_path), "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 2
@@ -57,3 +58,9 @@ def test_demo_data_then_prepare(tmp_path):
     assert result.exit_code == 0, result.output
     assert "Prepared 10 images" in result.output
     assert (tmp_path / "prep" / "data.yaml").is_file()
+
+
+def test_prepare_findings_names_its_two_views(tmp_path):
+    result = runner.invoke(app, ["prepare", "vindr-pcxr", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
+                                 "--findings", "lesion"])
+    assert result.exit_code == 2 and "diagnoses or lesions" in result.output

@@ -256,7 +256,7 @@ def make_optimizer(param_groups: Iterable[dict[str, Any]], config: Mapping[str, 
     import torch
 
     optimizer = torch.optim.AdamW(list(param_groups), weight_decay=config["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config["lr_factor"],
                                                            patience=config["lr_patience"])
     return optimizer, scheduler
 

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from hybridcxr.classify.loop import (
     pos_weight,
     start_run,
 )
-from hybridcxr.config import ClassifierConfig, ensure_config
+from hybridcxr.config import ClassifierConfig, ensure_config, look_up_option
 from hybridcxr.config import classifier_config as classifier_config  # re-exported: the job's config
 from hybridcxr.device import choose_device
 from hybridcxr.errors import DatasetError, InputError
@@ -135,7 +135,8 @@ def load_split_data(prepared: Path, cache, findings: tuple[str, ...], split: str
         raise DatasetError(PreparedLayout(prepared).manifest, f"split {split!r} holds no images")
     ids = rows["image_id"].tolist()
     return SplitData(ids, cache.load(ids), rows["age_years"].to_numpy(dtype=float),
-                     [s if isinstance(s, str) else None for s in rows["sex"]], split_labels(rows, findings))
+                     [s if isinstance(s, str) else None for s in rows["sex"]],
+                     split_labels(rows, findings, dataset_findings(prepared)))
 
 
 def training_split(prepared: Path, cache, findings: tuple[str, ...], config: Mapping[str, Any], models=None,
@@ -162,10 +163,11 @@ def training_split(prepared: Path, cache, findings: tuple[str, ...], config: Map
     return with_views(train, views.load(ids), counts)
 
 
-def split_labels(rows: pd.DataFrame, findings: tuple[str, ...]) -> np.ndarray:
+def split_labels(rows: pd.DataFrame, findings: tuple[str, ...], every: tuple[str, ...] | None = None) -> np.ndarray:
     """Labels ``(N, C)`` of manifest rows: the findings' columns, and "No finding" from the manifest's
     ``no_finding`` column where it has one, else 1 where every finding is 0 and 0 where any is 1 (NaN where
-    some are unlabelled and none is positive)."""
+    some are unlabelled and none is positive). ``every``: all the dataset's findings, when ``findings`` is a
+    subset of them: "No finding" stays a normal film (none of them), not "none of the subset"."""
     named = [f for f in findings if f != NO_FINDING]
     labels = rows[named].to_numpy(dtype=float)
     if NO_FINDING not in findings:
@@ -173,8 +175,9 @@ def split_labels(rows: pd.DataFrame, findings: tuple[str, ...]) -> np.ndarray:
     if "no_finding" in rows:
         normal = rows["no_finding"].to_numpy(dtype=float)
     else:
-        any_positive = np.nan_to_num(labels, nan=0.0).max(axis=1, initial=0.0) > 0
-        all_known = ~np.isnan(labels).any(axis=1)
+        known = rows[[f for f in (every or findings) if f != NO_FINDING]].to_numpy(dtype=float)
+        any_positive = np.nan_to_num(known, nan=0.0).max(axis=1, initial=0.0) > 0
+        all_known = ~np.isnan(known).any(axis=1)
         normal = np.where(any_positive, 0.0, np.where(all_known, 1.0, np.nan))
     out = np.empty((len(rows), len(findings)))
     out[:, [findings.index(f) for f in named]] = labels
@@ -189,12 +192,20 @@ def read_manifest(prepared: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"image_id": str})
 
 
-def dataset_findings(prepared: Path) -> tuple[str, ...]:
-    """What the classifier learns on a prepared dataset: its findings in data.yaml order, then "No finding"
-    (the normal/abnormal output), reported like any finding."""
+def dataset_findings(prepared: Path, subset: Sequence[str] | None = None) -> tuple[str, ...]:
+    """What the classifier learns on a prepared dataset: its findings in data.yaml order (only those of
+    ``subset``, the classifier setting ``findings``, when given), then "No finding" (the normal/abnormal output:
+    none of the dataset's findings, whatever the subset), reported like any finding.
+
+    Raises ConfigError naming a finding of ``subset`` that the dataset does not have (with a did-you-mean).
+    """
     from hybridcxr.detect.train import data_names
 
     names = tuple(data_names(PreparedLayout(prepared).data_yaml))
+    if subset is not None:
+        for name in subset:
+            look_up_option(name, (*names, NO_FINDING), "finding", where=f"classifier setting findings ({prepared})")
+        names = tuple(n for n in names if n in subset)
     return names if NO_FINDING in names else (*names, NO_FINDING)
 
 
@@ -248,7 +259,7 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
     """
     config = ensure_config("classifier", config)
     prepared, out = Path(data), Path(out)
-    findings = dataset_findings(prepared)
+    findings = dataset_findings(prepared, config.findings)
     layout = ClassifierLayout(out)
     if layout.card.is_file():
         raise InputError(out, "already holds a trained classifier (model/card.json); choose another --out")

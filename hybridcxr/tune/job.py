@@ -60,7 +60,7 @@ def tune_fusion(data: str | Path, detector: str | Path, out_dir: str | Path, *, 
     lungs = open_lungs(config, layout)  # the lung model, copied into the tune run like the CNN
     cache = cache_features(prepared, det, backbone, layout.features, progress, lungs)
     if config.augment_views:  # the trials train on the augmented views too (computed here, once)
-        training_split(prepared, cache, dataset_findings(prepared), config, (det, backbone, lungs), progress)
+        training_split(prepared, cache, dataset_findings(prepared, config.findings), config, (det, backbone, lungs), progress)
     del det, backbone, lungs
     base = {**config, "backbone_weights": str(backbone_file.resolve()), "cache": str(layout.features.resolve())}
     if config.lungs is not None:

@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 
 from hybridcxr.classify.train import SplitData, dataset_findings, load_split_data, train_head, training_split
+from hybridcxr.config import ensure_config
 from hybridcxr.errors import InputError
 from hybridcxr.files import read_json_or_none
 from hybridcxr.tune.space import TUNE_YAML, Param, suggest
@@ -44,7 +45,7 @@ def load_tune_data(prepared: str | Path, cache_folder: str | Path, config: Mappi
     if not meta or "fingerprints" not in meta:
         raise InputError(folder, "not a feature cache (no meta.json): run `hybridcxr train classifier` first")
     cache = FeatureCache(folder, meta["fingerprints"])
-    findings = dataset_findings(Path(prepared))
+    findings = dataset_findings(Path(prepared), None if config is None else ensure_config("classifier", config).findings)
     train = (load_split_data(Path(prepared), cache, findings, "train") if config is None
              else training_split(Path(prepared), cache, findings, config))
     return TuneData(train, load_split_data(Path(prepared), cache, findings, "val"), findings)

@@ -111,3 +111,18 @@ def test_history_records_accuracy_of_the_kept_model() -> None:
     best = history.set_index("epoch").loc[result.best_epoch]
     assert best["val_accuracy"] == pytest.approx(label_accuracy(val.labels, predict_head(result.head, val), findings))
     assert np.isnan(label_accuracy(np.full((2, 1), np.nan), np.zeros((2, 1)), ["a"]))
+
+
+def test_the_plateau_schedule_takes_its_factor_and_patience_from_the_config() -> None:
+    import torch
+
+    from hybridcxr.classify.loop import make_optimizer
+
+    config = classifier_config({"lr_factor": 0.1, "lr_patience": 5})
+    optimizer, scheduler = make_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 3e-3}], config)
+    assert (scheduler.factor, scheduler.patience) == (0.1, 5)
+    for _ in range(7):  # one best epoch, then six without improvement: past patience 5, the rate drops tenfold
+        scheduler.step(0.5)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
+    with pytest.raises(Exception, match="lr_factor must be between 0 and 1"):
+        classifier_config({"lr_factor": 1.5})

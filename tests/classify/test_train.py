@@ -189,3 +189,20 @@ def test_no_finding_is_learned_from_the_manifest_or_from_no_positive_finding():
     rows["no_finding"] = [0, 0, 1, 0, 1]  # a dataset's own label wins
     np.testing.assert_array_equal(split_labels(rows, ("A", "B", "No finding"))[:, 2], [0, 0, 1, 0, 1])
     assert split_labels(rows, ("A", "B")).shape == (5, 2)
+    rows = rows.drop(columns="no_finding")  # a subset's "No finding" is still "none of the dataset's findings"
+    np.testing.assert_array_equal(split_labels(rows, ("A", "No finding"), ("A", "B", "No finding"))[:, 1],
+                                  [0, 1, np.nan, 0, np.nan])
+    np.testing.assert_array_equal(split_labels(rows, ("A", "No finding"))[:, 1], [0, 1, 1, np.nan, np.nan])
+
+
+def test_a_findings_subset_keeps_the_datasets_order_and_refuses_unknown_names(tmp_path):
+    from hybridcxr.errors import ConfigError
+
+    (tmp_path / "data.yaml").write_text("names: {0: Atelectasis, 1: Cardiomegaly, 2: Effusion, 3: Mass}\n")
+    assert dataset_findings(tmp_path) == ("Atelectasis", "Cardiomegaly", "Effusion", "Mass", "No finding")
+    assert dataset_findings(tmp_path, ["Mass", "Atelectasis"]) == ("Atelectasis", "Mass", "No finding")
+    with pytest.raises(ConfigError, match=r"'Efusion'.*did you mean 'Effusion'"):
+        dataset_findings(tmp_path, ["Efusion"])
+    assert classifier_config({"findings": ["Mass"]}).findings == ["Mass"]
+    with pytest.raises(ConfigError, match="findings must be"):
+        classifier_config({"findings": []})
