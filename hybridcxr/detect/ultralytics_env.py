@@ -14,9 +14,9 @@ Call :func:`setup_ultralytics` before the first ``import ultralytics`` (all of h
 - keeps all CPU cores: ultralytics sets ``OMP_NUM_THREADS=1`` at import and ``torch.set_num_threads`` to
   ``cpu_count - 1`` when it picks the CPU, which halves speed on a 2-core laptop;
 - lets its trainer run ``amp="bf16"`` on the CPU (its autocast helper refuses bfloat16 anywhere but CUDA):
-  on a CPU with native bfloat16 (AVX512-BF16 or AMX) a training step takes about half the fp32 time;
-- keeps the data-loading workers asked for on the CPU (its trainer sets them to 0 there, so decoding and
-  mosaic run in series with the network).
+  on a CPU with native bfloat16 (AVX512-BF16 or AMX) a training step takes about half the fp32 time.
+  (Its trainer's other CPU habit, data-loading workers set to 0, is undone by our trainer subclass in
+  :mod:`hybridcxr.detect.trainer`.)
 
 :func:`export_onnx` runs ultralytics' own ONNX exporter on a model built from our safetensors (not a ``YOLO``
 object from a ``.pt``), offline: no onnxslim (``simplify=False``, it would be pip-installed), the attributes
@@ -42,7 +42,6 @@ _DONE = False
 def hybridcxr_home() -> Path:
     """hybridcxr's own cache folder (``$HYBRIDCXR_HOME``, default ``~/.cache/hybridcxr``)."""
     return Path(os.environ.get("HYBRIDCXR_HOME") or Path.home() / ".cache" / "hybridcxr")
-
 
 
 def setup_ultralytics() -> None:
