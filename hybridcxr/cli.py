@@ -16,6 +16,7 @@ import typer
 from hybridcxr import __version__
 from hybridcxr.commands import console, default, errors, fail, finish_batch, open_detector, out, show_progress
 from hybridcxr.config import Fusion, LabelRule, Runtime
+from hybridcxr.findings import VINDR_PCXR_VIEWS
 from hybridcxr.lungs.cli import register as register_lungs
 from hybridcxr.pacs.cli import register_pacs
 
@@ -71,14 +72,14 @@ def prepare(
     keep_official_test: Annotated[bool | None, typer.Option("--keep-official-test/--resplit-test", help="Keep the dataset's own test split [configs/prepare.yaml].")] = None,
     split_tables: Annotated[str | None, typer.Option(help="Your own split tables, train,val,test (or train,test: val carved from train's patients), e.g. train-small.csv,valid-small.csv,test.csv; refused when a patient is in two.")] = None,
     patient_column: Annotated[str | None, typer.Option(help="The split tables' patient column [found by its usual names: Patient ID, PatientId, patient_id].")] = None,
-    findings: Annotated[str | None, typer.Option(help="vindr-pcxr only: diagnoses (image level, no boxes: for the classifier) or lesions (the boxed lesions: for the detector) [diagnoses].")] = None,
+    findings: Annotated[str | None, typer.Option(help="vindr-pcxr only: diagnoses (image level, no boxes: for the classifier), lesions (the 36 boxed paediatric lesions: for the detector) or lesions-adult (the lesions as VinDr-CXR's 14 findings, the rest left out: to test an adult detector on children) [diagnoses].")] = None,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Decode, split (patient-grouped) and fuse readers' boxes into a YOLO dataset plus manifest."""
-    if findings is not None and (source != "vindr-pcxr" or findings not in ("diagnoses", "lesions")):
-        raise typer.BadParameter(f"--findings is diagnoses or lesions, for vindr-pcxr only (got {findings!r} "
-                                 f"for {source})")
+    if findings is not None and (source != "vindr-pcxr" or findings not in VINDR_PCXR_VIEWS):
+        raise typer.BadParameter(f"--findings is {', '.join(VINDR_PCXR_VIEWS)}, for vindr-pcxr only "
+                                 f"(got {findings!r} for {source})")
     from hybridcxr.data.prepare import PrepareOptions
     from hybridcxr.data.prepare import prepare as run_prepare
     from hybridcxr.data.sources import load_source

@@ -49,6 +49,20 @@ VINDR_PCXR: tuple[str, ...] = (
     "Other disease",
 )
 
+#: VinDr-PCXR (paediatric) local lesions with boxes, as spelt in its annotations CSVs (typos included: a class
+#: name is matched as written). 11 are spelt as VinDr-CXR's findings and 2 as NIH's (Edema, Emphysema); the
+#: 15 with a VinDr-CXR counterpart are in :data:`hybridcxr.data.sources.vindr_pcxr.LESION_TO_VINDR`.
+VINDR_PCXR_LESIONS: tuple[str, ...] = (
+    "Anterior mediastinal mass", "Aortic enlargement", "Atelectasis", "Boot-shaped heart", "Bronchectasis",
+    "Bronchial thickening", "Calcification", "Cardiomegaly", "Chest wall mass", "Clavicle fracture",
+    "Consolidation", "Dextro cardia", "Diffuse aveolar opacity", "Edema", "Egg on string sign", "Emphysema",
+    "Enlarged PA", "Expanded edges of the anterior ribs", "Infiltration", "Interstitial lung disease - ILD",
+    "Intrathoracic digestive structure", "Lung cavity", "Lung cyst", "Lung hyperinflation", "Mediastinal shift",
+    "Other lesion", "Other nodule/mass", "Other opacity", "Paraveterbral mass",
+    "Peribronchovascular interstitial opacity", "Pleural effusion", "Pleural thickening", "Pneumothorax",
+    "Pulmonary fibrosis", "Reticulonodular opacity", "Stomach on the right side",
+)
+
 #: NIH ChestX-ray14's 14 findings, as named in Data_Entry_2017 ("Infiltrate" in BBox_List maps to "Infiltration").
 NIH14: tuple[str, ...] = (
     "Atelectasis",
@@ -87,9 +101,18 @@ PNEUMONIA: tuple[str, ...] = ("Pneumonia",)
 VOCABULARIES: dict[str, tuple[str, ...]] = {
     "vindr-cxr": VINDR_CXR,
     "vindr-pcxr": VINDR_PCXR,
+    "vindr-pcxr-lesions": VINDR_PCXR_LESIONS,
     "nih": NIH14,
     "chestx-det10": CHESTX_DET10,
     "pneumonia": PNEUMONIA,
+}
+
+#: The vocabularies VinDr-PCXR can be read in (``findings=`` of its adapter, ``--findings`` of ``prepare``):
+#: its image-level diagnoses, its 36 boxed lesions, or those lesions as VinDr-CXR's adult findings.
+VINDR_PCXR_VIEWS: dict[str, tuple[str, ...]] = {
+    "diagnoses": VINDR_PCXR,
+    "lesions": VINDR_PCXR_LESIONS,
+    "lesions-adult": VINDR_CXR,
 }
 
 #: Other datasets' names for VinDr-CXR findings (the nearest radiological equivalent).
@@ -128,7 +151,8 @@ def to_vindr(name: str) -> str | None:
 # Okabe-Ito (colour-blind safe) and Paul Tol's "muted" scheme, ordered so that VinDr-CXR's 14 findings (by
 # index) get no near twins: Nodule/Mass (8) is wine, not a second light blue beside Atelectasis; Other lesion
 # (9) sand, not a second teal beside Calcification; Pneumothorax (12) purple, not a second yellow beside
-# Cardiomegaly. The last two serve longer vocabularies.
+# Cardiomegaly. The last two serve longer vocabularies; VinDr-PCXR's 36 lesions cycle through the 16 (lesion
+# k and k + 16 share a colour, their boxes told apart by their labels).
 PALETTE: tuple[str, ...] = (
     "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
     "#332288", "#882255", "#DDCC77", "#117733", "#999933", "#AA4499", "#CC6677", "#88CCEE", "#44AA99",
@@ -160,7 +184,8 @@ _SCT = "SCT"
 #:           (Huo et al., ICLR 2025, Stanford Shah lab), with other code tables agreeing;
 #:   [OHDSI] OHDSI/Covid-19 ``Vocabulary/Wiki/phenotypes/Pneumonia.md`` (concept_code 233604007);
 #:   [FHIR]  SNOMED codings in published FHIR resources and SNOMED tooling found by code search, several
-#:           agreeing ("Tuberculosis (disorder)", "Pulmonary emphysema (disorder)", "Fracture of bone (disorder)").
+#:           agreeing ("Tuberculosis (disorder)", "Pulmonary emphysema (disorder)", "Fracture of bone (disorder)",
+#:           "Bronchiectasis (disorder)").
 #: hybridcxr's own scheme (:data:`LOCAL_SCHEME`) where no source was found; a code never changes once in PACS.
 CODES: dict[str, tuple[str, str, str]] = {
     "Aortic enlargement": ("AORTIC-ENLARGE", LOCAL_SCHEME, "Aortic enlargement"),
@@ -200,6 +225,32 @@ CODES: dict[str, tuple[str, str, str]] = {
     "Pleural_Thickening": ("PLEURAL-THICK", LOCAL_SCHEME, "Pleural thickening"),
     "Hernia": ("HERNIA", LOCAL_SCHEME, "Hernia"),
     "Fracture": ("125605004", _SCT, "Fracture of bone"),  # [FHIR]
+    # VinDr-PCXR's lesions without a row above (its other 13, e.g. Cardiomegaly, Edema, have one); the two
+    # renamed in VinDr-CXR share that row's concept.
+    "Anterior mediastinal mass": ("ANT-MEDIAST-MASS", LOCAL_SCHEME, "Anterior mediastinal mass"),
+    "Boot-shaped heart": ("BOOT-HEART", LOCAL_SCHEME, "Boot-shaped heart"),
+    "Bronchectasis": ("12295008", _SCT, "Bronchiectasis"),  # [FHIR]
+    "Bronchial thickening": ("BRONCH-THICK", LOCAL_SCHEME, "Bronchial wall thickening"),
+    "Chest wall mass": ("CHEST-WALL-MASS", LOCAL_SCHEME, "Chest wall mass"),
+    "Clavicle fracture": ("CLAVICLE-FRACT", LOCAL_SCHEME, "Clavicle fracture"),
+    "Dextro cardia": ("DEXTROCARDIA", LOCAL_SCHEME, "Dextrocardia"),
+    "Diffuse aveolar opacity": ("DIFF-ALV-OPACITY", LOCAL_SCHEME, "Diffuse alveolar opacity"),
+    "Egg on string sign": ("EGG-ON-STRING", LOCAL_SCHEME, "Egg on a string sign"),
+    "Enlarged PA": ("ENLARGED-PA", LOCAL_SCHEME, "Enlarged pulmonary artery"),
+    "Expanded edges of the anterior ribs": ("EXP-ANT-RIB-ENDS", LOCAL_SCHEME, "Expanded anterior rib ends"),
+    "Interstitial lung disease - ILD": ("ILD", LOCAL_SCHEME, "Interstitial lung disease"),  # as "ILD"
+    "Intrathoracic digestive structure": ("INTRATHOR-DIGEST", LOCAL_SCHEME, "Intrathoracic digestive structure"),
+    "Lung cavity": ("LUNG-CAVITY", LOCAL_SCHEME, "Lung cavity"),
+    "Lung cyst": ("LUNG-CYST", LOCAL_SCHEME, "Lung cyst"),
+    "Lung hyperinflation": ("LUNG-HYPERINFL", LOCAL_SCHEME, "Lung hyperinflation"),
+    "Mediastinal shift": ("MEDIAST-SHIFT", LOCAL_SCHEME, "Mediastinal shift"),
+    "Other nodule/mass": ("NODULE-MASS", LOCAL_SCHEME, "Nodule or mass"),  # as "Nodule/Mass"
+    "Other opacity": ("OTHER-OPACITY", LOCAL_SCHEME, "Other opacity"),
+    "Paraveterbral mass": ("PARAVERTEB-MASS", LOCAL_SCHEME, "Paravertebral mass"),
+    "Peribronchovascular interstitial opacity": ("PERIBRONCHOVASC", LOCAL_SCHEME,
+                                                 "Peribronchovascular interstitial opacity"),
+    "Reticulonodular opacity": ("RETICULONODULAR", LOCAL_SCHEME, "Reticulonodular opacity"),
+    "Stomach on the right side": ("STOMACH-RIGHT", LOCAL_SCHEME, "Stomach on the right side"),
     NO_FINDING: ("NO-FINDING", LOCAL_SCHEME, "No finding"),
 }
 

@@ -60,7 +60,14 @@ def test_demo_data_then_prepare(tmp_path):
     assert (tmp_path / "prep" / "data.yaml").is_file()
 
 
-def test_prepare_findings_names_its_two_views(tmp_path):
+def test_prepare_findings_names_its_three_views(tmp_path):
     result = runner.invoke(app, ["prepare", "vindr-pcxr", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
                                  "--findings", "lesion"])
-    assert result.exit_code == 2 and "diagnoses or lesions" in result.output
+    assert result.exit_code == 2 and "diagnoses, lesions, lesions-adult" in result.output
+
+
+@pytest.mark.parametrize("view", ["diagnoses", "lesions", "lesions-adult"])
+def test_prepare_findings_views_are_accepted(tmp_path, view):
+    result = runner.invoke(app, ["prepare", "vindr-pcxr", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
+                                 "--findings", view])
+    assert result.exit_code == 1 and "image_labels_train.csv" in result.output  # past the check: no tables here

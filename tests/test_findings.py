@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from hybridcxr.findings import CODES, LOCAL_SCHEME, NO_FINDING, VOCABULARIES, finding_code
+from hybridcxr.findings import (
+    CODES,
+    LOCAL_SCHEME,
+    NO_FINDING,
+    PALETTE,
+    VINDR_CXR,
+    VINDR_PCXR_LESIONS,
+    VINDR_PCXR_VIEWS,
+    VOCABULARIES,
+    colour,
+    finding_code,
+)
 
 
 def test_every_finding_of_every_vocabulary_has_a_code():
@@ -36,3 +47,21 @@ def test_finding_code(name, value):
 def test_unknown_finding_is_named():
     with pytest.raises(KeyError, match="'Unicorn'"):
         finding_code("Unicorn")
+
+
+def test_paediatric_lesions_are_the_36_of_the_annotation_tables():
+    assert len(VINDR_PCXR_LESIONS) == len(set(VINDR_PCXR_LESIONS)) == 36
+    assert {"Boot-shaped heart", "Bronchial thickening", "Other nodule/mass", "Stomach on the right side"} <= set(
+        VINDR_PCXR_LESIONS)
+    assert set(VINDR_PCXR_VIEWS) == {"diagnoses", "lesions", "lesions-adult"}
+    assert VINDR_PCXR_VIEWS["lesions"] == VINDR_PCXR_LESIONS and VINDR_PCXR_VIEWS["lesions-adult"] == VINDR_CXR
+
+
+@pytest.mark.parametrize("vocabulary", list(VOCABULARIES))
+def test_findings_closer_than_the_palette_get_different_colours(vocabulary):
+    findings = VOCABULARIES[vocabulary]
+    colours = [colour(f, findings) for f in findings]
+    assert set(colours) <= set(PALETTE)
+    for i in range(len(findings)):
+        window = colours[i:i + len(PALETTE)]
+        assert len(set(window)) == len(window), (vocabulary, findings[i])

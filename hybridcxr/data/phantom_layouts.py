@@ -11,7 +11,8 @@ before readers jitter or miss them) and reader tables are rewritten into the tar
   x_min, y_min, x_max, y_max``; "No finding" is class 14 without a box) and ``train/<image_id>.dicom``; every
   image is a training image read by three readers (Kaggle's ``test/`` has no labels, so none is written).
 * ``vindr-pcxr``: ``image_labels_{train,test}.csv`` (``image_id, rad_ID``, the 14 diagnoses and "No finding";
-  one reader per image), ``annotations_{train,test}.csv`` (lesion names, e.g. ``Other nodule/mass``) and the
+  one reader per image), ``annotations_{train,test}.csv`` (the phantom's five findings' boxes as VinDr-PCXR
+  lesions: ``Other nodule/mass``, the other four spelt alike) and the
   DICOMs, whose ``PatientAge`` is rewritten to a child's age in months (``NNNM``: 6 to 119 months, in the
   order of the adult ages, so the phantoms' age-finding correlation survives). Diagnoses: ``Pneumonia`` for a
   consolidation, ``Lung tumor`` for a large mass, ``Other disease`` for the other findings, else "No finding".

@@ -15,7 +15,7 @@ from hybridcxr.data.phantom_layouts import LAYOUTS, LayoutSummary, make_layout_d
 from hybridcxr.data.sources import load_source
 from hybridcxr.data.sources.pneumonia import patient_of
 from hybridcxr.errors import InputError
-from hybridcxr.findings import NIH14, VINDR_PCXR
+from hybridcxr.findings import NIH14, VINDR_CXR, VINDR_PCXR, VINDR_PCXR_LESIONS
 
 N, SEED, SIZE = 12, 11, (192, 160)
 
@@ -73,7 +73,11 @@ def test_pcxr_has_one_reader_and_ages_in_months(written) -> None:
     assert ((months > 0) & (months < 120)).all(), studies["age_years"].tolist()
     np.testing.assert_allclose(months, np.round(months), atol=1e-6)
     lesions = load_source("vindr-pcxr", root, findings="lesions")
-    assert len(lesions.boxes) and "Nodule/Mass" in set(lesions.boxes["finding"])
+    assert lesions.findings == VINDR_PCXR_LESIONS and len(lesions.findings) == 36
+    names = set(lesions.boxes["finding"])  # the phantom's five findings under the dataset's lesion names
+    assert len(lesions.boxes) and "Other nodule/mass" in names and names <= set(VINDR_PCXR_LESIONS)
+    adult = load_source("vindr-pcxr", root, findings="lesions-adult")
+    assert adult.findings == VINDR_CXR and "Nodule/Mass" in set(adult.boxes["finding"])
 
 
 def test_nih_pngs_tables_official_split_and_boxes(written) -> None:

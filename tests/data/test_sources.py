@@ -16,7 +16,7 @@ from hybridcxr.data.schema import BOX_COLUMNS, STUDY_COLUMNS
 from hybridcxr.data.sources import SOURCES, load_source
 from hybridcxr.data.sources.pneumonia import patient_of
 from hybridcxr.errors import DataWarning, DatasetError
-from hybridcxr.findings import CHESTX_DET10, NIH14, NO_FINDING, PNEUMONIA, VINDR_CXR, VINDR_PCXR
+from hybridcxr.findings import CHESTX_DET10, NIH14, NO_FINDING, PNEUMONIA, VINDR_CXR, VINDR_PCXR, VINDR_PCXR_LESIONS
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 NIH = DATA / "nih"
@@ -192,26 +192,60 @@ def test_vindr_phantom_round_trip(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------- VinDr-PCXR ---
 
 
-def test_vindr_pcxr_diagnoses_and_lesions(tmp_path: Path) -> None:
+@pytest.fixture
+def pcxr_root(tmp_path: Path) -> Path:
+    """VinDr-PCXR: c1 boxed with a lesion that has an adult name and two that have none, c2 read normal, c3
+    boxed only with a lesion that has no adult name; only c1 is on disk."""
     root = tmp_path / "pcxr"
     _write_dicom(root / "train" / "c1.dicom", patient_id=None, age="002Y", sex="M")
     cols = [*VINDR_PCXR, NO_FINDING]
-    labels = _labels([("c1", "R1", ["Bronchiolitis"]), ("c2", "R2", ["No finding"])], cols)
+    labels = _labels([("c1", "R1", ["Bronchiolitis"]), ("c2", "R2", ["No finding"]), ("c3", "R1", ["CPAM"])], cols)
     labels.rename(columns={"rad_id": "rad_ID"}).to_csv(root / "image_labels_train.csv", index=False)
     pd.DataFrame([_box("c1", "R1", "Other nodule/mass", (1, 2, 5, 6)),
                   _box("c1", "R1", "Bronchial thickening", (2, 2, 9, 9)),
-                  _box("c2", "R2", "No finding")]).to_csv(root / "annotations_train.csv", index=False)
-    diag = load_source("vindr-pcxr", root)
+                  _box("c1", "R1", "Boot-shaped heart", (3, 4, 12, 10)),
+                  _box("c2", "R2", "No finding"),
+                  _box("c3", "R1", "Lung cyst", (4, 4, 8, 8))]).to_csv(root / "annotations_train.csv", index=False)
+    return root
+
+
+def test_vindr_pcxr_diagnoses(pcxr_root: Path) -> None:
+    diag = load_source("vindr-pcxr", pcxr_root)
     s = diag.studies.set_index("image_id")
     assert diag.findings == VINDR_PCXR and diag.boxes.empty
-    assert s.loc["c1", "Bronchiolitis"] == 1 and s.loc["c2", "no_finding"] == 1
+    assert s.loc["c1", "Bronchiolitis"] == 1 and s.loc["c2", "no_finding"] == 1 and s.loc["c3", "no_finding"] == 0
     assert s.loc["c1", "age_years"] == 2 and s.loc["c1", "patient_id"] == "c1" and s.loc["c2", "path"] is None
     assert "no patient ids: grouped by image" in diag.notes
-    lesions = load_source("vindr-pcxr", root, findings="lesions")
-    assert lesions.findings == VINDR_CXR
-    assert lesions.boxes[["finding", "reader"]].values.tolist() == [["Nodule/Mass", "R1"]]
-    assert lesions.studies.set_index("image_id").loc["c1", "Nodule/Mass"] == 1
-    assert any("without a VinDr-CXR counterpart" in n for n in lesions.notes)
+    assert "4 lesion boxes not returned: lesions are not diagnoses (findings='lesions' returns them)" in diag.notes
+
+
+def test_vindr_pcxr_lesions_keep_all_36_under_their_own_names(pcxr_root: Path) -> None:
+    lesions = load_source("vindr-pcxr", pcxr_root, findings="lesions")
+    assert lesions.findings == VINDR_PCXR_LESIONS and len(VINDR_PCXR_LESIONS) == len(set(VINDR_PCXR_LESIONS)) == 36
+    assert sorted(map(tuple, lesions.boxes[["image_id", "finding"]].values.tolist())) == [
+        ("c1", "Boot-shaped heart"), ("c1", "Bronchial thickening"), ("c1", "Other nodule/mass"), ("c3", "Lung cyst")]
+    s = lesions.studies.set_index("image_id")
+    assert {*VINDR_PCXR_LESIONS, "no_finding"} <= set(s.columns) and not set(VINDR_PCXR) & set(s.columns)
+    assert s.loc["c1", ["Other nodule/mass", "Bronchial thickening", "Boot-shaped heart"]].tolist() == [1, 1, 1]
+    assert "Nodule/Mass" not in s.columns  # no adult name in this view
+    assert s[list(VINDR_PCXR_LESIONS)].sum().sum() == 4  # one label per boxed lesion, nothing else
+    assert s["no_finding"].to_dict() == {"c1": 0, "c2": 1, "c3": 0}  # no lesion boxed: c2 only
+    assert not any("counterpart" in n for n in lesions.notes)
+
+
+def test_vindr_pcxr_lesions_adult_maps_onto_vindr_cxr_and_drops_the_rest(pcxr_root: Path) -> None:
+    adult = load_source("vindr-pcxr", pcxr_root, findings="lesions-adult")
+    assert adult.findings == VINDR_CXR
+    assert adult.boxes[["image_id", "finding", "reader"]].values.tolist() == [["c1", "Nodule/Mass", "R1"]]
+    s = adult.studies.set_index("image_id")
+    assert s.loc["c1", "Nodule/Mass"] == 1 and s[list(VINDR_CXR)].sum().sum() == 1
+    assert s["no_finding"].to_dict() == {"c1": 0, "c2": 1, "c3": 1}  # c3's only lesion has no adult name
+    assert any("3 boxes of lesions without a VinDr-CXR counterpart" in n for n in adult.notes)
+
+
+def test_vindr_pcxr_unknown_view_is_named(pcxr_root: Path) -> None:
+    with pytest.raises(ValueError, match="diagnoses, lesions, lesions-adult, not 'lesion'"):
+        load_source("vindr-pcxr", pcxr_root, findings="lesion")
 
 
 # ------------------------------------------------------------------------------------------------ NIH ---

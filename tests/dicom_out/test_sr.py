@@ -23,7 +23,7 @@ from hybridcxr.dicom_out.sr import (
 )
 from hybridcxr.dicom_out.study import read_source, save
 from hybridcxr.errors import InputError
-from hybridcxr.findings import CODES, LOCAL_SCHEME, NO_FINDING
+from hybridcxr.findings import CODES, LOCAL_SCHEME, NO_FINDING, VINDR_PCXR_LESIONS
 from hybridcxr.io.dicom import read_dicom_metadata
 from hybridcxr.io.radiograph import Radiograph, RadiographMeta
 
@@ -110,6 +110,35 @@ def test_sr_joins_the_source_study_as_a_series_of_ours(name, shared_data, tmp_pa
 def test_sr_passes_dciodvfy(name, shared_data, tmp_path):
     _, out = written(tmp_path, shared_data / name)
     assert dciodvfy_errors(out) == []
+
+
+#: One box of every VinDr-PCXR lesion (SNOMED-coded or in our scheme), and a classifier over three of them.
+LESION_BOXES = pd.DataFrame([(name, 0.5, 10.0 + i, 20.0, 50.0 + i, 60.0) for i, name in enumerate(VINDR_PCXR_LESIONS)],
+                            columns=["finding", "score", "x_min", "y_min", "x_max", "y_max"])
+LESION_PROBABILITIES = {"Boot-shaped heart": 0.7, "Bronchectasis": 0.2, "Other nodule/mass": 0.4, NO_FINDING: 0.1}
+LESION_DECISIONS = {"Boot-shaped heart": True, "Bronchectasis": False, "Other nodule/mass": None, NO_FINDING: False}
+
+
+def lesion_sr(shared_data, tmp_path):
+    return written(tmp_path, shared_data / SIIM, boxes=LESION_BOXES, probabilities=LESION_PROBABILITIES,
+                   decisions=LESION_DECISIONS)[1]
+
+
+def test_sr_codes_every_paediatric_lesion(shared_data, tmp_path):
+    sr = hd.sr.srread(lesion_sr(shared_data, tmp_path))
+    types = [g.finding_type for g in sr.content.get_planar_roi_measurement_groups()]
+    assert [(t.value, t.scheme_designator) for t in types] == [CODES[f][:2] for f in VINDR_PCXR_LESIONS]
+    schemes = {CODES[f][1] for f in VINDR_PCXR_LESIONS}
+    assert schemes == {"SCT", LOCAL_SCHEME}  # those without a SNOMED concept are coded in our scheme
+    image = {g.tracking_identifier: g for g in sr.content.get_image_measurement_groups()}
+    boot = image["image: Boot-shaped heart"]
+    assert (boot.finding_type.value, boot.finding_type.scheme_designator) == ("BOOT-HEART", LOCAL_SCHEME)
+    assert image["image: Bronchectasis"].finding_type.value == "12295008"
+    assert image["image: Other nodule/mass"].get_qualitative_evaluations() == []  # no call: none made
+
+
+def test_sr_of_paediatric_lesions_passes_dciodvfy(shared_data, tmp_path):
+    assert dciodvfy_errors(lesion_sr(shared_data, tmp_path)) == []
 
 
 def test_observer_is_a_device_and_the_algorithm_is_named(shared_data, tmp_path):

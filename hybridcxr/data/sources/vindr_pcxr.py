@@ -1,18 +1,22 @@
 """VinDr-PCXR: 9,125 paediatric chest radiographs (DICOM, children under 10) from a Vietnamese paediatric
 hospital, with image-level diagnoses and boxes of local lesions.
 
-Two vocabularies, because the dataset has two that do not overlap:
+Three views, because the dataset has two vocabularies that do not overlap, and adult models to test:
 
 * ``findings="diagnoses"`` (default, :data:`hybridcxr.findings.VINDR_PCXR`): the image-level diagnoses of
   ``image_labels_*.csv`` -- Bronchitis, Brocho-pneumonia, Bronchiolitis, Situs inversus, Pneumonia,
   Pleuro-pneumonia, Diagphramatic hernia, Tuberculosis, Congenital emphysema, CPAM, Hyaline membrane disease,
   Mediastinal tumor, Lung tumor, Other disease (spelt as the dataset spells them). Diagnoses have no boxes,
   so the Box table is empty (a note counts the lesion boxes left out).
-* ``findings="lesions"`` (:data:`hybridcxr.findings.VINDR_CXR`): the local lesions of
-  ``annotations_*.csv`` mapped onto VinDr-CXR's 14 boxed findings where there is a counterpart (see
-  :data:`LESION_TO_VINDR`; e.g. "Other nodule/mass" -> "Nodule/Mass", "Interstitial lung disease - ILD" ->
-  "ILD"), so a detector trained on adult VinDr-CXR can be trained on or tested against children. The image
-  labels are then "the lesion was boxed". Lesions without a counterpart are noted and left out.
+* ``findings="lesions"`` (:data:`hybridcxr.findings.VINDR_PCXR_LESIONS`): the 36 local lesions of
+  ``annotations_*.csv`` under their own names ("Boot-shaped heart", "Bronchial thickening", "Other
+  nodule/mass", ...), every box kept: the paediatric detector's vocabulary. The image labels are "the lesion
+  was boxed" and ``no_finding`` is "no lesion was boxed".
+* ``findings="lesions-adult"`` (:data:`hybridcxr.findings.VINDR_CXR`): the same lesions mapped onto
+  VinDr-CXR's 14 boxed findings where there is a counterpart (see :data:`LESION_TO_VINDR`; e.g. "Other
+  nodule/mass" -> "Nodule/Mass", "Interstitial lung disease - ILD" -> "ILD"), so a detector trained on adult
+  VinDr-CXR can be tested against children. Labels as for "lesions"; the 21 lesions without a counterpart
+  are noted and left out (an image boxed only with those counts as "No finding").
 
 Layout (``physionet.org/content/vindr-pcxr/1.0.0``; the tables may also sit in ``annotations/``)::
 
@@ -56,22 +60,13 @@ from hybridcxr.data.sources._common import (
     wide_reader_labels,
 )
 from hybridcxr.errors import DatasetError
-from hybridcxr.findings import NO_FINDING, VINDR_CXR, VINDR_PCXR, canonical
+from hybridcxr.findings import NO_FINDING, VINDR_CXR, VINDR_PCXR, VINDR_PCXR_LESIONS, VINDR_PCXR_VIEWS, canonical
 
 NAME = "vindr-pcxr"
 
-#: The 36 local lesion labels of VinDr-PCXR's annotation tables, as spelt there.
-LESIONS: tuple[str, ...] = (
-    "Anterior mediastinal mass", "Aortic enlargement", "Atelectasis", "Boot-shaped heart", "Bronchectasis",
-    "Bronchial thickening", "Calcification", "Cardiomegaly", "Chest wall mass", "Clavicle fracture",
-    "Consolidation", "Dextro cardia", "Diffuse aveolar opacity", "Edema", "Egg on string sign", "Emphysema",
-    "Enlarged PA", "Expanded edges of the anterior ribs", "Infiltration", "Interstitial lung disease - ILD",
-    "Intrathoracic digestive structure", "Lung cavity", "Lung cyst", "Lung hyperinflation", "Mediastinal shift",
-    "Other lesion", "Other nodule/mass", "Other opacity", "Paraveterbral mass",
-    "Peribronchovascular interstitial opacity", "Pleural effusion", "Pleural thickening", "Pneumothorax",
-    "Pulmonary fibrosis", "Reticulonodular opacity", "Stomach on the right side",
-)
-#: Lesions with a VinDr-CXR counterpart (``findings="lesions"``); the rest have none and are left out.
+#: The 36 local lesion labels of VinDr-PCXR's annotation tables, as spelt there (``findings="lesions"``).
+LESIONS: tuple[str, ...] = VINDR_PCXR_LESIONS
+#: Lesions with a VinDr-CXR counterpart (``findings="lesions-adult"``); the rest have none and are left out.
 LESION_TO_VINDR: dict[str, str] = {
     **{name: name for name in VINDR_CXR if name in LESIONS},
     "Interstitial lung disease - ILD": "ILD",
@@ -104,15 +99,17 @@ def load(
         labels: ``image_labels_*.csv`` table(s) overriding the layout's.
         boxes: ``annotations_*.csv`` table(s) overriding the layout's.
         label_rule: "any" or "majority" of an image's readers (VinDr-PCXR has one reader per image).
-        findings: "diagnoses" (image-level, no boxes) or "lesions" (boxed lesions as VinDr-CXR findings).
+        findings: "diagnoses" (image-level, no boxes), "lesions" (the 36 boxed lesions) or "lesions-adult"
+            (the boxed lesions as VinDr-CXR findings); see the module doc.
         sizes: optional ``image_id, width, height`` table giving sizes without reading images.
         read_headers: read age, sex, view and size from each DICOM header (no pixels).
         workers: threads reading headers.
         progress: ``progress(done, total)`` callback while headers are read.
         missing: "keep" images not on disk (``path`` None) or "drop" them.
     """
-    if findings not in ("diagnoses", "lesions"):
-        raise ValueError(f"findings must be 'diagnoses' or 'lesions', not {findings!r}")
+    if findings not in VINDR_PCXR_VIEWS:
+        raise ValueError(f"findings must be one of {', '.join(VINDR_PCXR_VIEWS)}, not {findings!r}")
+    vocabulary = VINDR_PCXR_VIEWS[findings]
     base = check_root(root, NAME)
     notes: list[str] = []
     label_paths, box_paths = _tables(base, as_paths(labels), as_paths(boxes))
@@ -130,27 +127,26 @@ def load(
     if dup.any():
         notes.append(f"{int(dup.sum())} images listed in more than one table: first split kept")
         study_table = study_table[~dup].reset_index(drop=True)
-    lesion_boxes, lesion_labels = _lesions(box_paths, notes)
+    mapping = LESION_TO_VINDR if findings == "lesions-adult" else {name: name for name in LESIONS}
+    lesion_boxes, lesion_labels = _lesions(box_paths, notes, mapping)
 
     if findings == "diagnoses":
-        vocabulary: tuple[str, ...] = VINDR_PCXR
         per_reader = pd.concat(reader_labels, ignore_index=True)
         box_table = boxes_frame(None)
         if len(lesion_boxes):
             notes.append(f"{len(lesion_boxes)} lesion boxes not returned: lesions are not diagnoses "
-                         "(findings='lesions' returns them as VinDr-CXR findings)")
+                         "(findings='lesions' returns them)")
     else:
-        vocabulary = VINDR_CXR
         per_reader = pd.concat([*reader_labels, lesion_labels], ignore_index=True)
-        per_reader = per_reader[per_reader["finding"].isin(("", NO_FINDING, *VINDR_CXR))]
+        per_reader = per_reader[per_reader["finding"].isin(("", NO_FINDING, *vocabulary))]
         box_table = lesion_boxes
 
     ids = study_table["image_id"].tolist()
     readers = per_reader.groupby("image_id")["reader"].nunique()
     marked = labels_from_readers(per_reader, ids, (*vocabulary, NO_FINDING), rule=label_rule,
                                  readers_per_image=readers)
-    if findings == "lesions":
-        marked[NO_FINDING] = (marked[list(VINDR_CXR)].sum(axis=1) == 0).astype(int)
+    if findings != "diagnoses":  # "No finding" of a lesion view: no lesion of the vocabulary was boxed
+        marked[NO_FINDING] = (marked[list(vocabulary)].sum(axis=1) == 0).astype(int)
     study_table = study_table.join(marked.rename(columns={NO_FINDING: "no_finding"}), on="image_id")
     study_table = attach_images(study_table, base, notes, read_headers=read_headers, workers=workers,
                                 progress=progress, sizes=sizes)
@@ -189,14 +185,15 @@ def _tables(root: Path, labels: list[Path], boxes: list[Path]) -> tuple[list[Pat
     return label_paths, list(dict.fromkeys(box_paths))
 
 
-def _lesions(paths: list[Path], notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Lesion boxes mapped onto VinDr-CXR names, and the per-reader lesion labels they imply."""
+def _lesions(paths: list[Path], notes: list[str], mapping: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Lesion boxes renamed by ``mapping`` (lesion -> finding; a lesion not in it is left out with a note),
+    and the per-reader lesion labels they imply."""
     boxes, labels = [], []
     for path in paths:
         table = read_csv(path, list(_BOX_COLUMNS), what="VinDr-PCXR annotation table")
         names = table["class_name"].astype(str).map(canonical)
         warn_unknown(path, count_unknown(names, _KNOWN_BOX_LABELS), _KNOWN_BOX_LABELS)
-        mapped = names.map(LESION_TO_VINDR)
+        mapped = names.map(mapping)
         unmapped = names.isin(LESIONS) & mapped.isna()
         if unmapped.any():
             notes.append(f"{path.name}: {int(unmapped.sum())} boxes of lesions without a VinDr-CXR counterpart "
