@@ -72,6 +72,7 @@ def prepare(
     keep_official_test: Annotated[bool | None, typer.Option("--keep-official-test/--resplit-test", help="Keep the dataset's own test split [configs/prepare.yaml].")] = None,
     split_tables: Annotated[str | None, typer.Option(help="Your own split tables, train,val,test (or train,test: val carved from train's patients), e.g. train-small.csv,valid-small.csv,test.csv; refused when a patient is in two.")] = None,
     patient_column: Annotated[str | None, typer.Option(help="The split tables' patient column [found by its usual names: Patient ID, PatientId, patient_id].")] = None,
+    split_from: Annotated[Path | None, typer.Option(help="A prepared folder of the same images whose splits to take (e.g. vindr-pcxr's lesion view for its diagnosis view), so one image is in one split in both.")] = None,
     findings: Annotated[str | None, typer.Option(help="vindr-pcxr only: diagnoses (image level, no boxes: for the classifier), lesions (the 36 boxed paediatric lesions: for the detector) or lesions-adult (the lesions as VinDr-CXR's 14 findings, the rest left out: to test an adult detector on children) [diagnoses].")] = None,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -90,7 +91,7 @@ def prepare(
             split=_fractions(split) if split is not None else None, seed=seed, keep_official_test=keep_official_test,
             dataset=source, allow_modality=allow_modality, progress=show_progress(progress),
             split_tables=[Path(p) for p in split_tables.split(",")] if split_tables else None,
-            patient_column=patient_column, **({"workers": workers} if workers is not None else {}))
+            patient_column=patient_column, split_from=split_from, **({"workers": workers} if workers is not None else {}))
         extra = {"extra_boxes": list(extra_boxes)} if extra_boxes else {}
         extra |= {"findings": findings} if findings is not None else {}
         tables = load_source(source, root, labels=labels, boxes=boxes, label_rule=options.label_rule, **extra)

@@ -96,7 +96,9 @@ def test_paediatric_hybrid_reports_precision_recall_and_f1_per_diagnosis(tmp_pat
         "batch=8", "workers=0")
     detector_card = json.loads((tmp_path / "det" / "weights" / "best.json").read_text())
     assert detector_card["findings"] == list(VINDR_PCXR_LESIONS)  # the 36 YOLO classes of the lesion view
-    prepare("vindr-pcxr", tmp_path / "pcxr", tmp_path / "diagnoses")
+    prepare("vindr-pcxr", tmp_path / "pcxr", tmp_path / "diagnoses", "--split-from", tmp_path / "lesions")
+    splits = [manifest(tmp_path / view).set_index("image_id")["split"].sort_index() for view in ("lesions", "diagnoses")]
+    assert splits[0].equals(splits[1]), "one image, one split in both views: no detector training image in val"
     card = train(tmp_path / "diagnoses", tmp_path / "det", tmp_path / "cls", "paediatric-hybrid")
     assert card["train_config"]["augment_views"] == 2 and card["train_config"]["oversample"] == "rare"
     assert {"yolo", "cnn", "age", "sex"} <= set(card["train_config"]["groups"])

@@ -28,6 +28,9 @@
    checking on those files that its probabilities equal PyTorch's within the export's tolerance.
    ``--only-runtime`` runs this part alone, on the phantom classifier of 2. when trained, else on a classifier
    trained briefly on tools/bench_detector.py's one-epoch detector (speed does not depend on training).
+5. Fine-tuning precision (``--only-finetune``): images/s of end-to-end training steps (forward under the
+   end-to-end mode's own autocast, backward, AdamW) of ResNet-18 and DenseNet-121 at 224 px, batch 16, in
+   bfloat16 autocast against fp32, on this CPU; only where the CPU computes bf16 natively (else it says so).
 """
 
 from __future__ import annotations
@@ -288,6 +291,45 @@ def runtime_speed(args: argparse.Namespace) -> None:
           f"{rate['onnx'] / base:.2f}x; probabilities equal within tolerance: {'yes' if equal else 'NO'}")
 
 
+def finetune_speed(args: argparse.Namespace) -> None:
+    """Images/s of an end-to-end training step in bf16 autocast against fp32 (5.), best of ``args.repeats``."""
+    import torch
+
+    from hybridcxr.classify.backbone import build_backbone
+    from hybridcxr.classify.end_to_end import _Step
+    from hybridcxr.device import cpu_bf16
+
+    if not cpu_bf16():
+        print("RESULT fine-tuning: this CPU has no native bfloat16 (avx512_bf16/amx_bf16): end to end runs in fp32")
+        return
+    batch = 16
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    print(f"\nend-to-end fine-tuning steps, batch {batch} at 224 px, CPU ({len(os.sched_getaffinity(0))} cores), "
+          f"best of {args.repeats} x 2 steps; load average before {os.getloadavg()[0]:.2f}:")
+    for name in ("resnet18", "densenet121"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_backbone(name, None, seed=0).train()
+        optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+        rate = {}
+        for bf16 in (False, True):
+            step = _Step(model, None, None, optimizer, None, "cpu", False, bf16=bf16)  # type: ignore[arg-type]
+            best = float("inf")
+            for attempt in range(args.repeats + 1):  # pass 0 warms up
+                start = time.perf_counter()
+                for _ in range(2):
+                    optimizer.zero_grad(set_to_none=True)
+                    with step.autocast():
+                        out = model(x)
+                    out.float().square().mean().backward()
+                    optimizer.step()
+                if attempt:
+                    best = min(best, time.perf_counter() - start)
+            rate[bf16] = 2 * batch / best
+        print(f"  {name}: fp32 {rate[False]:.1f} images/s, bf16 autocast {rate[True]:.1f} images/s")
+        print(f"RESULT fine-tuning {name} bf16 / fp32 = {rate[True] / rate[False]:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench_classifier")
@@ -304,7 +346,11 @@ def main() -> None:
     parser.add_argument("--augment-views", type=int, default=2, help="K augmented views per training image (1c)")
     parser.add_argument("--oversample", action="store_true", help="1c: also both heads with oversample=rare")
     parser.add_argument("--only-runtime", action="store_true", help="only ONNX against PyTorch and the baseline (4)")
+    parser.add_argument("--only-finetune", action="store_true", help="only bf16 against fp32 fine-tuning speed (5)")
     args = parser.parse_args()
+    if args.only_finetune:
+        finetune_speed(args)
+        return
     if args.only_runtime:
         runtime_speed(args)
         return

@@ -4,9 +4,9 @@ The cached-feature mode freezes the CNN; here its weights learn too, at a lower 
 (``backbone_lr``), while the detector's pooled vectors still come from the cache (the detector is trained on
 boxes and stays as it is). With ``augment=true`` the CNN sees each training image augmented afresh every epoch
 (:mod:`hybridcxr.classify.augment`; the cached groups stay those of the original image); validation images never. Images are read from the prepared PNGs by a DataLoader (worker processes and
-pinned memory on CUDA), the forward pass runs under mixed precision on CUDA (bf16-free fp16 autocast with a
-gradient scaler), and every epoch is checkpointed with the same safetensors + JSON scheme as the head alone.
-On a CPU it runs too (slowly): that is how the tests check it.
+pinned memory on CUDA), the forward pass runs under mixed precision (fp16 autocast with a gradient scaler on
+CUDA, bfloat16 autocast on a CPU that computes it natively), and every epoch is checkpointed with the same
+safetensors + JSON scheme as the head alone. On a CPU it runs too (slowly): that is how the tests check it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from hybridcxr.classify.loop import (
     start_run,
 )
 from hybridcxr.config import ClassifierConfig, ensure_config
-from hybridcxr.device import choose_device
+from hybridcxr.device import choose_device, cpu_bf16
 from hybridcxr.progress import progress_bar
 
 
@@ -92,10 +92,19 @@ class _Step:
     scaler: Any
     device: str
     progress: bool
+    bf16: bool = False  # bfloat16 autocast on the CPU (set where the CPU computes it natively)
 
     @property
     def cuda(self) -> bool:
         return self.device.startswith("cuda")
+
+    def autocast(self) -> Any:
+        """Mixed precision for the forward pass: fp16 on CUDA (with the gradient scaler), bfloat16 on a CPU with
+        native bf16 (DenseNet-121 fine-tuning at 224 px: 0.16 s an image against 0.33 s in fp32 on 2 cores, the
+        detector's trade), else fp32. bf16 keeps fp32's range: no gradient scaling."""
+        if self.cuda:
+            return torch.autocast("cuda")
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
 
     def rest(self, data: SplitData, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """The head's non-CNN inputs (cached detector vector, age, sex) of ``rows``, on the device."""
@@ -126,7 +135,7 @@ def _train_epoch(step: _Step, loader, data: SplitData, epoch: int) -> tuple[floa
     with progress_bar(len(loader.dataset), f"fine-tuning, epoch {epoch}", step.progress) as advance:
         for images, rows in loader:
             step.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", enabled=step.cuda):
+            with step.autocast():
                 logits = step.model(images.to(step.device, non_blocking=True), step.rest(data, rows))
             loss = step.criterion(logits.float(), labels[rows].to(step.device))
             step.scaler.scale(loss).backward()
@@ -145,7 +154,7 @@ def _validate(step: _Step, loader, data: SplitData) -> tuple[np.ndarray, float]:
     step.model.eval()
     scores = np.zeros(data.labels.shape, np.float32)
     total = 0.0
-    with torch.inference_mode(), torch.autocast("cuda", enabled=step.cuda):
+    with torch.inference_mode(), step.autocast():
         for images, rows in loader:
             logits = step.model(images.to(step.device), step.rest(data, rows)).float()
             total += float(step.criterion(logits, labels[rows].to(step.device))) * len(rows)
@@ -176,7 +185,7 @@ def train_end_to_end(
         {"params": model.head.parameters(), "lr": config.lr},
     ], config)
     step = _Step(model, fusion, criterion, optimizer, torch.amp.GradScaler("cuda", enabled=device.startswith("cuda")),
-                 device, progress)
+                 device, progress, bf16=device == "cpu" and cpu_bf16())
     train_loader, val_loader = _loaders(train_paths, val_paths, config, step.cuda)
     run = start_run(checkpoint, config, model, optimizer, scheduler)
     for epoch in range(len(run.history) + 1, config.epochs + 1):

@@ -306,7 +306,7 @@ def train_classifier(data: str | Path, detector_weights: str | Path, out: str | 
     from hybridcxr.report.plots import plot_classifier_history
 
     plot_classifier_history(result.history, layout.curves)
-    card = _card(config, result, thresholds, backbone, detector, prepared)
+    card = _card(config, result, thresholds, backbone, detector, prepared, backbone_file)
     card["lungs"] = None if lungs is None else lungs.card()
     card["calibration"] = calibration
     card["unlearned"] = unlearned_findings(train.labels, findings)
@@ -342,8 +342,19 @@ def _copy_detector(weights: str | Path, folder: Path) -> None:
             shutil.copyfile(src, folder / name)
 
 
+def _weights_loaded(config: ClassifierConfig, backbone, run_backbone: Path) -> str:
+    """What the CNN started from, as loaded, not as asked (``imagenet`` asked offline is random weights). A
+    resumed run reloads its own saved CNN, so there the start is only known as asked."""
+    source = backbone.weights_source
+    if source == "random":
+        return "none (random initialisation)"
+    if Path(source) == Path(run_backbone):
+        return f"{config.backbone_weights or 'none'} (as asked; resumed from the run's saved CNN)"
+    return source
+
+
 def _card(config: ClassifierConfig, result: HeadResult, thresholds: Mapping[str, float], backbone, detector,
-          prepared: Path) -> dict[str, Any]:
+          prepared: Path, run_backbone: Path) -> dict[str, Any]:
     """The run's model card: thresholds, best epoch, the CNN and detector it was trained with, config, data."""
     from hybridcxr.classify.cache import detector_fingerprint
 
@@ -354,8 +365,8 @@ def _card(config: ClassifierConfig, result: HeadResult, thresholds: Mapping[str,
         "best_epoch": result.best_epoch,
         "val_macro_auroc": result.best_auroc,
         "backbone": {"name": str(config.backbone), "size": config.backbone_size,
-                     "weights": str(config.backbone_weights or (backbone.weights_source
-                                    if backbone.weights_source != "random" else "none (random initialisation)")),
+                     "weights": _weights_loaded(config, backbone, run_backbone),
+                     "weights_requested": None if config.backbone_weights is None else str(config.backbone_weights),
                      "fine_tuned": config.end_to_end,
                      "fingerprint": backbone.fingerprint()},
         "detector": {"imgsz": detector.imgsz, "feature_dim": detector.feature_dim,

@@ -61,6 +61,7 @@ class PrepareOptions:
     progress: bool = True
     split_tables: list[Path] | None = None  # the user's own train[,val],test tables (hybridcxr.data.split_tables)
     patient_column: str | None = None  # their patient column, where not found by its usual names
+    split_from: Path | None = None  # another prepared folder whose manifest's splits this one takes
 
     def __post_init__(self) -> None:
         config = load_config("prepare", dataset=self.dataset, overrides={k: getattr(self, k) for k in _SETTINGS})
@@ -165,16 +166,13 @@ def prepare(tables: SourceTables, out: str | Path, options: PrepareOptions | Non
 
     Splits are patient-grouped and multi-label stratified; a dataset's official test split is kept when
     ``options.keep_official_test`` (the rest is split into train/val); ``options.split_tables`` gives the
-    splits instead (checked for shared patients before anything is decoded). Images that fail to decode are
+    splits instead (checked for shared patients before anything is decoded), or ``options.split_from``: those
+    of another prepared folder of the same images. Images that fail to decode are
     skipped and listed, never fatal. Raises DatasetError when nothing at all could be prepared.
     """
     opts = options or PrepareOptions()
     out = Path(out)
-    given = None
-    if opts.split_tables:
-        from hybridcxr.data.split_tables import table_splits
-
-        given = table_splits(opts.split_tables, opts.patient_column)  # refuses leaking tables, before any work
+    given = _given_splits(opts)
     out.mkdir(parents=True, exist_ok=True)
     _remove_leftover_temp_files(out)
     findings = tables.findings
@@ -191,7 +189,7 @@ def prepare(tables: SourceTables, out: str | Path, options: PrepareOptions | Non
     if studies.empty:
         raise DatasetError(out, f"none of the {len(tables.studies)} images of {tables.name} was found on disk")
 
-    studies = _split(studies, findings, opts, given is not None)
+    studies = _split(studies, _strata(studies, findings, tables.boxes), opts, given is not None)
     records, decoded, reused, warn_texts = _decode_all(studies, out, opts, skipped)
     done = studies[studies["image_id"].isin(records)].reset_index(drop=True)
     if done.empty:
@@ -218,12 +216,40 @@ def prepare(tables: SourceTables, out: str | Path, options: PrepareOptions | Non
     return result
 
 
+def _given_splits(opts: PrepareOptions) -> dict[str, str] | None:
+    """``{image id: split}`` of the user's split tables (refused when they leak, before any work) or of
+    ``split_from``'s manifest; None when the splits are to be made here."""
+    if opts.split_tables and opts.split_from:
+        raise DatasetError(opts.split_from, "give --split-tables or --split-from, not both")
+    from hybridcxr.data.split_tables import manifest_splits, table_splits
+
+    if opts.split_tables:
+        return table_splits(opts.split_tables, opts.patient_column)
+    return manifest_splits(opts.split_from) if opts.split_from else None
+
+
 def _remove_leftover_temp_files(out: Path) -> None:
     """Delete temporary files a killed run left behind (``.<name>.<random>.<ext>``, see files.atomic_path)."""
     for folder in (out, out / "records", *(out / d / s for d in ("images", "labels") for s in SPLITS)):
         for leftover in folder.glob(".*.*"):
             if leftover.is_file():
                 leftover.unlink()
+
+
+BOXED = "_boxed"  # the stratification column of images with a box (see _strata); never written
+
+
+def _strata(studies: pd.DataFrame, findings: tuple[str, ...], boxes: pd.DataFrame) -> tuple[str, ...]:
+    """What the split is stratified by: the findings, plus "has a box" where boxes are not simply the positive
+    findings (NIH: text-mined labels for all, boxes for about 1% of the images). Without it, the few boxed images
+    can all fall in train, and validation has none to choose the classifier's gating rule or to stop the
+    detector on. Adds the ``BOXED`` column to ``studies`` when it is used."""
+    boxed = studies["image_id"].astype(str).isin(set(boxes["image_id"].astype(str))).astype(int)
+    positive = (studies[list(findings)].fillna(0).to_numpy() > 0).any(axis=1).astype(int)
+    if not boxed.any() or (boxed.to_numpy() == positive).all():
+        return findings
+    studies[BOXED] = boxed
+    return (*findings, BOXED)
 
 
 def _split(studies: pd.DataFrame, findings: tuple[str, ...], opts: PrepareOptions, given: bool = False) -> pd.DataFrame:

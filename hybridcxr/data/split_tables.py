@@ -10,6 +10,11 @@ patients listed, since the test AUROC would then measure memory of those patient
 
 The image column is found by its usual names (:data:`IMAGE_COLUMNS`); an entry matches a source image by
 its file stem (``00000001_000.png`` names image ``00000001_000``).
+
+``prepare --split-from PREPARED`` gives a second prepared view of one dataset the split of the first
+(:func:`manifest_splits`): VinDr-PCXR's lesion view (the detector's) and diagnosis view (the classifier's)
+then hold each image in the same split, so no validation or test image of the classifier was a training image
+of the detector whose features it reads.
 """
 
 from __future__ import annotations
@@ -59,6 +64,21 @@ def table_splits(paths: Sequence[str | Path], patient_column: str | None = None)
     if not splits:
         raise DatasetError(paths[0], "the split tables name no image")
     return splits
+
+
+def manifest_splits(prepared: str | Path) -> dict[str, str]:
+    """``{image id: split}`` of a prepared folder's ``manifest.csv``; DatasetError naming it when it is missing
+    or holds no split."""
+    from hybridcxr.layout import PreparedLayout
+
+    manifest = PreparedLayout(Path(prepared)).manifest
+    if not manifest.is_file():
+        raise DatasetError(manifest, "no manifest.csv: --split-from takes a folder made by hybridcxr prepare")
+    table = pd.read_csv(manifest, dtype={"image_id": str, "split": str}, usecols=["image_id", "split"])
+    table = table.dropna()
+    if table.empty:
+        raise DatasetError(manifest, "names no image with a split")
+    return dict(zip(table["image_id"].str.strip(), table["split"].str.strip()))
 
 
 def apply_table_splits(studies: pd.DataFrame, splits: dict[str, str]) -> tuple[pd.DataFrame, list[str]]:

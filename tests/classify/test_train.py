@@ -145,15 +145,21 @@ def test_classify_needs_a_classifier_run(tmp_path):
     assert result.exit_code == 1 and "not a classifier run folder" in result.output
 
 
-def test_end_to_end_mode_fine_tunes_the_cnn_and_leaves_a_consistent_run(tiny_detector, tmp_path):
+def test_end_to_end_mode_fine_tunes_the_cnn_and_leaves_a_consistent_run(tiny_detector, tmp_path, monkeypatch):
+    from hybridcxr.classify.backbone import OFFLINE_ENV
     from hybridcxr.pipeline import Analyzer
 
     _, folder, _ = tiny_detector
     out = tmp_path / "e2e"
-    config = classifier_config({**FAST, "epochs": 2, "patience": 2, "end_to_end": True, "e2e_batch_size": 8})
+    monkeypatch.setenv(OFFLINE_ENV[0], "1")  # ImageNet weights asked for, none to be had
+    config = classifier_config({**FAST, "epochs": 2, "patience": 2, "end_to_end": True, "e2e_batch_size": 8,
+                                "backbone_weights": "imagenet"})
     with pytest.warns(UserWarning, match="randomly initialised"):
         card = train_classifier(folder / "prepared", folder / "run", out, config, progress=False)
     assert card["backbone"]["fine_tuned"] is True
+    # the card says what the CNN started from, not what was asked for
+    assert card["backbone"]["weights"] == "none (random initialisation)"
+    assert card["backbone"]["weights_requested"] == "imagenet"
     start = json.loads((out / "checkpoint" / "features-start" / "meta.json").read_text())["fingerprints"]
     final = json.loads((out / "features" / "meta.json").read_text())["fingerprints"]
     # the CNN learned: its weights (and so its features) are not the ones training started from

@@ -158,3 +158,24 @@ def test_prepare_goes_past_hostile_images_and_lists_them(tmp_path):
     assert expected["bomb.png"] in skipped.loc[victims[1].stem, "reason"]
     manifest = pd.read_csv(out / "manifest.csv", dtype={"image_id": str})
     assert len(manifest) == 8 - 2 and not set(manifest["image_id"]) & {v.stem for v in victims}
+
+
+def test_a_few_boxed_images_are_spread_over_the_splits(shared_data, tmp_path):
+    """NIH: every image has text-mined labels, 11 of the sample's 477 have boxes. Stratified by the findings
+    alone, validation had none (the classifier's gating rule could not be chosen); "has a box" is a stratum."""
+    from hybridcxr.data.prepare import BOXED, _strata
+
+    nih = shared_data / "nih"
+    tables = load_source("nih", nih, labels=nih / "nih_labels.csv", boxes=nih / "nih_bbox_list.csv",
+                         extra_boxes=[nih / "chestx_det10_boxes.json"])
+    result = prepare(tables, tmp_path / "nih", PrepareOptions(size=64, workers=0, progress=False))
+    boxed = set(result.boxes["image_id"].astype(str))
+    per_split = result.manifest[result.manifest["image_id"].isin(boxed)]["split"].value_counts()
+    assert per_split.get("val", 0) >= 1 and per_split.get("test", 0) >= 1, per_split
+    assert BOXED not in result.manifest.columns
+    check_leakage(result.manifest)
+    # where the boxes are the positive findings (VinDr-CXR), the split is the findings' alone
+    studies = pd.DataFrame({"image_id": ["a", "b", "c"], "Effusion": [1, 0, 1]})
+    boxes = pd.DataFrame({"image_id": ["a", "c"]})
+    assert _strata(studies, ("Effusion",), boxes) == ("Effusion",) and BOXED not in studies
+    assert _strata(studies, ("Effusion",), boxes.iloc[:1]) == ("Effusion", BOXED)

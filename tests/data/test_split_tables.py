@@ -95,3 +95,24 @@ def test_bad_tables_name_the_file(tmp_path):
     pd.DataFrame({"Image": ["y.png"], "PatientId": [3]}).to_csv(one, index=False)
     with pytest.raises(DatasetError, match="also in the train table"):
         table_splits([two, one])
+
+
+def test_split_from_gives_a_second_view_of_one_dataset_the_first_views_splits(tmp_path):
+    from hybridcxr.data.phantom_layouts import make_layout_dataset
+
+    root = make_layout_dataset(tmp_path / "pcxr", "vindr-pcxr", n=24, seed=2, size=(160, 128)).root
+    options = {"size": 96, "workers": 0, "progress": False}
+    lesions = prepare(load_source("vindr-pcxr", root, findings="lesions"), tmp_path / "lesions",
+                      PrepareOptions(seed=0, **options)).manifest.set_index("image_id")["split"]
+    alone = prepare(load_source("vindr-pcxr", root), tmp_path / "alone",
+                    PrepareOptions(seed=1, **options)).manifest.set_index("image_id")["split"]
+    assert (alone.loc[lesions.index] != lesions).any()  # split by its own labels, the views disagree
+    joined = prepare(load_source("vindr-pcxr", root), tmp_path / "diagnoses",
+                     PrepareOptions(seed=1, split_from=tmp_path / "lesions", **options))
+    assert joined.manifest.set_index("image_id")["split"].loc[lesions.index].tolist() == lesions.tolist()
+    with pytest.raises(DatasetError, match="manifest.csv"):
+        prepare(load_source("vindr-pcxr", root), tmp_path / "nope",
+                PrepareOptions(split_from=tmp_path / "missing", **options))
+    with pytest.raises(DatasetError, match="not both"):
+        prepare(load_source("vindr-pcxr", root), tmp_path / "nope",
+                PrepareOptions(split_from=tmp_path / "lesions", split_tables=[tmp_path / "a.csv"] * 3, **options))
