@@ -131,9 +131,9 @@ def write_report(docs: Path, title: str, intro: list[str], report: Path, log: li
     its figures) and per_finding.csv / subgroups.csv."""
     from hybridcxr.files import write_text
 
-    body = (report / "report.md").read_text()
-    body = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("!["))
-    body = body.split("\n", 1)[1] if body.startswith("# ") else body
+    from run_real import report_body
+
+    body = report_body(report / "report.md")
     text = [f"# {title}", "", *intro, "", "## Commands run", "", "```bash", *log, "```", "",
             "## Evaluation on the test split", "",
             f"(Figures — ROC curves, reliability, training curves — stay in `{report}`: nothing drawn from real "
