@@ -11,6 +11,8 @@ overlay colour always agree.
 
 from __future__ import annotations
 
+import hashlib
+
 NO_FINDING = "No finding"
 
 #: VinDr-CXR's 14 local findings with boxes (Kaggle class ids 0..13; id 14 is "No finding").
@@ -258,8 +260,9 @@ CODES: dict[str, tuple[str, str, str]] = {
 def finding_code(name: str):
     """The coded concept of a finding (a highdicom ``CodedConcept``), for DICOM SR and other coded outputs.
 
-    One table (:data:`CODES`) serves every writer, so a finding is coded the same everywhere. Raises KeyError
-    naming the finding where it is in no vocabulary.
+    One table (:data:`CODES`) serves every writer, so a finding is coded the same everywhere. A finding in no
+    vocabulary (a dataset's own label names) gets :func:`local_code`: a stable private code, so its SR is still
+    written and the same name always carries the same code.
 
     >>> finding_code("Effusion").value, finding_code("Effusion").scheme_designator
     ('60046008', 'SCT')
@@ -267,7 +270,18 @@ def finding_code(name: str):
     from highdicom.sr import CodedConcept  # heavy import: only where a code is written
 
     key = canonical(name)
-    if key not in CODES:
-        raise KeyError(f"finding {name!r} has no code in hybridcxr.findings.CODES")
-    value, scheme, meaning = CODES[key]
+    value, scheme, meaning = CODES[key] if key in CODES else local_code(key)
     return CodedConcept(value, scheme, meaning)
+
+
+def local_code(name: str) -> tuple[str, str, str]:
+    """A private code for a finding outside :data:`CODES`: ``X`` and 8 hex digits of the name's SHA-1 (within
+    the 16 characters of a code value, the same on every machine), the name itself (64 at most) as meaning.
+
+    >>> local_code("Unicorn")[1:]
+    ('99HYBRIDCXR', 'Unicorn')
+    """
+    if not name.strip():
+        raise ValueError("a finding needs a non-empty name to be coded")
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8].upper()
+    return f"X{digest}", LOCAL_SCHEME, name[:64]

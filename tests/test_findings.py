@@ -44,9 +44,14 @@ def test_finding_code(name, value):
     assert finding_code(name).value == value
 
 
-def test_unknown_finding_is_named():
-    with pytest.raises(KeyError, match="'Unicorn'"):
-        finding_code("Unicorn")
+def test_a_finding_outside_every_vocabulary_gets_a_stable_private_code():
+    code = finding_code("Unicorn")
+    assert (code.scheme_designator, code.meaning) == ("99HYBRIDCXR", "Unicorn")
+    assert code.value == finding_code(" Unicorn ").value != finding_code("Unicorns").value
+    assert len(code.value) <= 16 and code.value not in {value for value, _, _ in CODES.values()}
+    assert len(finding_code("x" * 100).meaning) == 64
+    with pytest.raises(ValueError, match="non-empty"):
+        finding_code("  ")
 
 
 def test_paediatric_lesions_are_the_36_of_the_annotation_tables():

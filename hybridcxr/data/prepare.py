@@ -132,12 +132,17 @@ class PrepareResult:
             weights = pos_weight(labels, "inverse", self.findings)
         lines = [f"class frequency in train ({len(train)} images) and the positive weight train classifier uses "
                  "(pos_weight=inverse: negatives/positives):"]
+        absent = []
         for c, f in enumerate(self.findings):
             known = labels[~np.isnan(labels[:, c]), c]
             pos = int((known > 0).sum())
-            share = f"{pos / len(known):.1%}" if len(known) else "n/a"
-            tail = "" if pos else " (no positive image: the classifier will not learn it)"
-            lines.append(f"  {f}: {share} ({pos} of {len(known)}), weight {weights[c]:.2f}{tail}")
+            if not pos:
+                absent.append(f)
+                continue
+            lines.append(f"  {f}: {pos / len(known):.1%} ({pos} of {len(known)}), weight {weights[c]:.2f}")
+        if absent:  # one line, not one per finding: a 36-lesion vocabulary on a small set has dozens
+            lines.append(f"  no positive image in train, so the classifier will not learn them ({len(absent)}): "
+                         + ", ".join(absent))
         return lines
 
     def __str__(self) -> str:

@@ -66,6 +66,17 @@ def test_prepare_writes_manifest_and_yolo_dataset(prepared):
     assert yolo_boxes == len(result.boxes) == result.box_stats.fused < result.box_stats.raw
 
 
+def test_class_weights_list_the_findings_absent_from_train_on_one_line(prepared):
+    out, result = prepared
+    train = pd.read_csv(out / "manifest.csv").query("split == 'train'")
+    absent = [f for f in result.findings if not (train[f] > 0).any()]
+    lines = result.class_weights()
+    assert absent and lines[0].startswith("class frequency in train")
+    assert len(lines) == 1 + (len(result.findings) - len(absent)) + 1
+    assert lines[-1].endswith(f"({len(absent)}): " + ", ".join(absent))
+    assert not any(line.startswith(f"  {f}:") for f in absent for line in lines)
+
+
 def test_boxes_lie_inside_images_and_labels_agree(prepared):
     out, result = prepared
     manifest = pd.read_csv(out / "manifest.csv").set_index("image_id")

@@ -141,6 +141,17 @@ def test_sr_of_paediatric_lesions_passes_dciodvfy(shared_data, tmp_path):
     assert dciodvfy_errors(lesion_sr(shared_data, tmp_path)) == []
 
 
+def test_a_datasets_own_finding_names_get_private_codes_and_pass_dciodvfy(shared_data, tmp_path):
+    own = BOXES.assign(finding=["Rib notching", "Cardiomegaly", "Pacemaker lead"])
+    _, out = written(tmp_path, shared_data / SIIM, boxes=own, probabilities={"Rib notching": 0.6, NO_FINDING: 0.2},
+                     decisions={"Rib notching": True, NO_FINDING: False})
+    sr = hd.sr.srread(out)
+    types = [g.finding_type for g in sr.content.get_planar_roi_measurement_groups()]
+    assert [t.meaning for t in types] == ["Rib notching", "Cardiomegaly", "Pacemaker lead"]
+    assert [t.scheme_designator for t in types] == [LOCAL_SCHEME, "SCT", LOCAL_SCHEME]
+    assert dciodvfy_errors(out) == []
+
+
 def test_observer_is_a_device_and_the_algorithm_is_named(shared_data, tmp_path):
     _, out = written(tmp_path, shared_data / SIIM)
     sr = hd.sr.srread(out)

@@ -174,7 +174,8 @@ def _assign_splits(root: Path, studies: pd.DataFrame, notes: list[str]) -> None:
     if found:
         notes.append(f"official split from {', '.join(found)} (train_val -> 'train')")
     else:
-        notes.append("no train_val_list.txt/test_list.txt under the root: split left empty")
+        notes.append("no train_val_list.txt/test_list.txt under the root: no official split (prepare splits by "
+                     "patient, or takes --split-tables)")
 
 
 def read_bbox_list(path: PathLike, reader: str = READER) -> pd.DataFrame:
