@@ -13,11 +13,13 @@ from typer.testing import CliRunner
 
 from hybridcxr.analyzer import Analyzer
 from hybridcxr.cli import app
+from hybridcxr.detect.gating import GatingRule
 from hybridcxr.detect.predict import Detector
 from hybridcxr.errors import ConfigError, InputError
 from hybridcxr.export.record import TOLERANCE, record_path
 from hybridcxr.export.runtime import OnnxDetector, check_runtime, open_detector
 from hybridcxr.files import file_sha256
+from hybridcxr.findings import NO_FINDING
 from hybridcxr.io import read_radiograph
 from hybridcxr.layout import ClassifierLayout
 
@@ -25,6 +27,7 @@ from .conftest import copy_run
 
 runner = CliRunner()
 BOX_COLUMNS = ["score", "x_min", "y_min", "x_max", "y_max"]
+RULE = GatingRule("abnormal", 1.0, 0.0, "classifier")
 
 
 def _same_boxes(onnx: pd.DataFrame, torch: pd.DataFrame) -> None:
@@ -69,23 +72,33 @@ def test_analyzer_onnx_gives_the_torch_probabilities(exported_classifier):
 
 def test_detect_and_classify_cli_with_runtime_onnx(exported_classifier, tmp_path):
     phantom, run, _ = exported_classifier
+    gated = copy_run(run, tmp_path)  # a known rule: box score x P(abnormal), No finding from P
+    card = json.loads((gated / "model" / "card.json").read_text())
+    card["gating"] = {"rule": RULE.to_dict(), "description": RULE.describe()}
+    (gated / "model" / "card.json").write_text(json.dumps(card))
     tables = {}
     for runtime in ("torch", "onnx"):
-        for command, options, table in (("detect", ["--weights", str(run / "detector"), "--conf", "0.0001"],
-                                         "detections.csv"), ("classify", ["--model", str(run)], "predictions.csv")):
-            out = tmp_path / f"{command}-{runtime}"
+        for name, command, options, table in (
+                ("detect", "detect", ["--weights", str(run / "detector"), "--conf", "0.0001"], "detections.csv"),
+                ("gated", "detect", ["--classifier", str(gated), "--conf", "0.0001"], "detections.csv"),
+                ("classify", "classify", ["--model", str(run)], "predictions.csv")):
+            out = tmp_path / f"{name}-{runtime}"
             result = runner.invoke(app, [command, str(phantom / "test"), *options, "--out", str(out),
                                          "--runtime", runtime, "--no-progress"])
             assert result.exit_code == 0, result.output
-            tables[command, runtime] = pd.read_csv(out / table, dtype={"image_id": str})
+            tables[name, runtime] = pd.read_csv(out / table, dtype={"image_id": str})
     torch, onnx = tables["classify", "torch"], tables["classify", "onnx"]
     assert list(onnx.columns) == list(torch.columns) and onnx["image_id"].tolist() == torch["image_id"].tolist()
     numbers = [c for c in torch.columns if pd.api.types.is_float_dtype(torch[c]) and torch[c].notna().all()]
     assert numbers and TOLERANCE.allclose(onnx[numbers].to_numpy(), torch[numbers].to_numpy())
-    torch, onnx = tables["detect", "torch"], tables["detect", "onnx"]
-    assert list(onnx.columns) == list(torch.columns) and len(torch) > 0
-    for image_id, boxes in torch.groupby("image_id"):
-        _same_boxes(onnx[onnx["image_id"] == image_id], boxes)
+    for name in ("detect", "gated"):  # gated: the classifier's probabilities from ONNX rescale ONNX's boxes
+        torch, onnx = tables[name, "torch"], tables[name, "onnx"]
+        assert list(onnx.columns) == list(torch.columns) and len(torch) > 0
+        for image_id, boxes in torch.groupby("image_id"):
+            _same_boxes(onnx[onnx["image_id"] == image_id], boxes)
+    boxes = tables["gated", "onnx"][lambda t: t["finding"] != NO_FINDING]
+    assert len(boxes) == len(tables["detect", "onnx"][lambda t: t["finding"] != NO_FINDING])  # no floor: none dropped
+    assert (boxes["score"] <= boxes["detector_score"]).all() and (boxes["score"] < boxes["detector_score"]).any()
     refused = runner.invoke(app, ["detect", str(phantom / "test"), "--weights", str(run / "detector"), "--out",
                                   str(tmp_path / "x"), "--runtime", "onnx", "--device", "cuda"])
     assert refused.exit_code == 2 and "onnx runs on the CPU" in refused.output
