@@ -102,8 +102,8 @@ def test_a_trained_run_is_calibrated_and_gives_no_decision_for_unlearned_finding
     from hybridcxr.cli import app
 
     folder, run, card = tiny_classifier
-    assert card["calibration"]["method"] == "temperature"
-    assert set(card["calibration"]["temperatures"]) == set(card["findings"])
+    assert card["calibration"]["method"] == "platt"  # the default
+    assert set(card["calibration"]["temperatures"]) == set(card["calibration"]["biases"]) == set(card["findings"])
     manifest = pd.read_csv(folder / "prepared" / "manifest.csv", dtype={"image_id": str})
     train = manifest[manifest["split"] == "train"]
     never = [f for f in card["findings"] if f != "No finding" and train[f].fillna(0).sum() == 0]
@@ -142,6 +142,7 @@ def test_the_analyzer_applies_a_platt_bias_from_the_card(tiny_classifier, tmp_pa
     stored["calibration"] = {**calibration, "method": "platt", "biases": biases, "shared_bias": 0.0}
     card_file.write_text(json.dumps(stored))
     after = next(iter(Analyzer(shifted, device="cpu").analyze_paths([image])))
+    old = dict(zip(stored["findings"], biases_of(calibration, stored["findings"]), strict=True))  # 0 without
     for finding in ("Cardiomegaly", "No finding"):
         moved = logit(np.float64(after.probabilities[finding])) - logit(np.float64(before.probabilities[finding]))
-        assert moved == pytest.approx(biases[finding], abs=1e-3)
+        assert moved == pytest.approx(biases[finding] - old[finding], abs=1e-3)
