@@ -168,8 +168,12 @@ def save_overlay(
 
 
 def write_png(path: str | Path, rgb: np.ndarray) -> Path:
-    """Write a drawn overlay (``(H, W, 3)`` uint8) as a PNG at ``path`` atomically."""
-    return write_atomic(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+    """Write a drawn overlay (``(H, W, 3)`` uint8) as a PNG at ``path`` atomically.
+
+    zlib level 3, as the service writes them: as small as PIL's default level 6 on radiographs and 2.6 times
+    faster to write (0.045 against 0.117 s for an 800 px overlay), which was most of ``detect --overlay``'s time.
+    """
+    return write_atomic(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG", compress_level=3))
 
 
 # --- inputs -------------------------------------------------------------------------------------------------

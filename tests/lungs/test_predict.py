@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hybridcxr.errors import NotAnImageError
-from hybridcxr.lungs.predict import Segmenter, clean_mask
+from hybridcxr.lungs.predict import Segmenter, clean_mask, fill_holes
 
 from .conftest import draw_lungs
 
@@ -18,6 +18,34 @@ def test_clean_mask_keeps_two_largest_and_fills_holes():
     holed[2:4, 2:4] = True  # a speck
     cleaned = clean_mask(holed)
     assert (cleaned == mask).all()
+
+
+def _reference_clean_mask(mask):
+    """The clean-up written with scipy's own binary_fill_holes, per region, on the whole image."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    if count > 2:
+        keep = np.argsort(np.bincount(labels.ravel())[1:])[-2:] + 1
+        mask = np.isin(labels, keep)
+    labels, count = ndimage.label(mask)
+    filled = np.zeros_like(mask, dtype=bool)
+    for index in range(1, count + 1):
+        filled |= ndimage.binary_fill_holes(labels == index)
+    return filled
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fill_holes_and_clean_mask_agree_with_scipy_on_random_masks(seed):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    mask = ndimage.binary_opening(ndimage.gaussian_filter(rng.random((90, 70)), 2) > 0.5)
+    mask |= rng.random(mask.shape) > 0.97  # specks and holes of one pixel
+    mask &= rng.random(mask.shape) > 0.03
+    assert (fill_holes(mask) == ndimage.binary_fill_holes(mask)).all()
+    assert (clean_mask(mask) == _reference_clean_mask(mask)).all()
+    assert clean_mask(np.zeros((5, 4), bool)).shape == (5, 4)
 
 
 def test_predict_at_the_original_size(tiny_lungs):
