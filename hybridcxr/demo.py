@@ -29,11 +29,12 @@ Size = Literal["small", "medium"]
 
 #: What each size runs. ``small`` is the README's first command: within 5 minutes on 2 CPU cores, venv included.
 #: The detector steps its SGD optimiser on every batch of 16 (``nbs=16``; ultralytics' default sums four
-#: batches per step, leaving a 170-image phantom set a few steps per epoch): 16 epochs at 192 px then reach
-#: the mAP that 30 epochs at 256 px did not (test mAP@0.4 0.71; 20 epochs gave 0.75 in 25 s more, 12 gave 0.53).
+#: batches per step, leaving a 170-image phantom set a few steps per epoch): 20 epochs at 192 px then reach
+#: the mAP that 30 epochs at 256 px did not. 16 epochs saved 15-25 s but sit on the steep part of the curve:
+#: test mAP@0.4 0.71-0.76 on two cores, 0.43 on one (other thread counts, other rounding); 20 gave 0.75-0.79 on both.
 DETECTOR_DEMO = {"ultralytics.optimizer": "SGD", "ultralytics.lr0": 0.01, "ultralytics.nbs": 16}
 SIZES: dict[str, dict[str, Any]] = {
-    "small": {"images": 240, "prepare_size": 320, "det_epochs": 16, "det_imgsz": 192, "trials": 8,
+    "small": {"images": 240, "prepare_size": 320, "det_epochs": 20, "det_imgsz": 192, "trials": 8,
               "n_boot": 500, "lungs": {"imgsz": 128, "channels": [8, 16, 32, 64], "epochs": 8, "patience": 3}},
     "medium": {"images": 600, "prepare_size": 384, "det_epochs": 60, "det_imgsz": 320, "trials": 30,
                "n_boot": 1000, "lungs": {"imgsz": 192, "channels": [8, 16, 32, 64], "epochs": 12, "patience": 4}},
