@@ -24,6 +24,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+def _cores() -> str:
+    """The cores this process may use, and the machine's when fewer (``taskset -c 0`` emulates a slower box)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{usable} cores" if usable == os.cpu_count() else f"{usable} of {os.cpu_count()} cores usable"
+
+
 _RATE = r"""
 import time, torch
 torch.set_num_threads(2)
@@ -78,7 +84,7 @@ def main() -> None:
         rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", report)
         print(f"\nRESULT demo ({args.size}) from a clean clone: {int(wall // 60)} min {int(wall % 60):02d} s wall "
               f"({venv:.0f} s venv set-up, {wall - venv:.0f} s demo), peak RSS "
-              f"{int(rss.group(1)) / 1e6 if rss else float('nan'):.1f} GB; machine: {os.cpu_count()} cores, "
+              f"{int(rss.group(1)) / 1e6 if rss else float('nan'):.1f} GB; machine: {_cores()}, "
               f"{rate} GFLOP/s fp32 matmul on 2 threads; load average before {load_before[0]:.2f}, "
               f"after {os.getloadavg()[0]:.2f}")
     finally:
