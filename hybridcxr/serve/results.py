@@ -79,14 +79,12 @@ def overlay_png(result: StoredResult, *, boxes: bool = True) -> bytes:
 
     ``boxes=False`` leaves the boxes out (the viewer draws them itself, toggleable, over the same panel).
     """
-    from PIL import Image
-
-    from hybridcxr.viz.overlay import draw_overlay
+    from hybridcxr.viz.overlay import draw_overlay, encode_png
 
     rgb = draw_overlay(result.grey, predictions=result.boxes if boxes else None, probabilities=result.probabilities,
                        findings=result.findings, decisions=result.decisions)
     buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=3)
+    encode_png(rgb, buffer)
     return buffer.getvalue()
 
 

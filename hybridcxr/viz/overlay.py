@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -170,10 +171,16 @@ def save_overlay(
 def write_png(path: str | Path, rgb: np.ndarray) -> Path:
     """Write a drawn overlay (``(H, W, 3)`` uint8) as a PNG at ``path`` atomically.
 
-    zlib level 3, as the service writes them: as small as PIL's default level 6 on radiographs and 2.6 times
+    zlib level 3 (:func:`encode_png`): as small as PIL's default level 6 on radiographs and 2.6 times
     faster to write (0.045 against 0.117 s for an 800 px overlay), which was most of ``detect --overlay``'s time.
     """
-    return write_atomic(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG", compress_level=3))
+    return write_atomic(path, lambda tmp: encode_png(rgb, tmp))
+
+
+def encode_png(rgb: np.ndarray, stream: Any) -> None:
+    """Encode a drawn overlay as PNG into ``stream`` (a path or a binary file) at zlib level 3: the one
+    encoder of the overlay files and of the service's PNG responses."""
+    Image.fromarray(rgb).save(stream, format="PNG", compress_level=3)
 
 
 # --- inputs -------------------------------------------------------------------------------------------------
