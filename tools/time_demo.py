@@ -23,10 +23,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from hybridcxr.device import cpu_threads  # noqa: E402  (the standard library alone: no venv needed)
+
 
 def _cores() -> str:
-    """The cores this process may use, and the machine's when fewer (``taskset -c 0`` emulates a slower box)."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """The cores the demo may use (``cpu_threads``, what its trainers start from), and the machine's when fewer
+    (``taskset -c 0`` emulates a slower box)."""
+    usable = cpu_threads()
     return f"{usable} cores" if usable == os.cpu_count() else f"{usable} of {os.cpu_count()} cores usable"
 
 
