@@ -43,7 +43,7 @@ def fill_holes(region: np.ndarray) -> np.ndarray:
     """``region`` with every background part that does not reach its border filled (bool).
 
     What ``scipy.ndimage.binary_fill_holes`` gives with its default 4-connected structure, by one labelling
-    of the background instead of dilating it pixel by pixel from the border: 5-10 times faster on a lung mask.
+    of the background instead of dilating it pixel by pixel from the border: 5 times faster on an 800 px lung mask.
     """
     from scipy import ndimage
 
