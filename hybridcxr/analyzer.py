@@ -56,7 +56,7 @@ class Analyzer:
 
     The CLI (``classify``) and the service call this same object, so they can never disagree. With
     ``runtime="onnx"`` the detector, the CNN and the head run in onnxruntime on the run's checked ONNX export
-    (:mod:`hybridcxr.export.runtime`); the lung model, calibration and thresholds are the same either way.
+    (:mod:`hybridcxr.export.runtime`; ``"onnx-int8"``: the detector's int8 graph); the lung model, calibration and thresholds are the same either way.
     """
 
     def __init__(self, run: str | Path, device: str | None = None, runtime: str = "torch") -> None:
@@ -78,8 +78,8 @@ class Analyzer:
         if self.backbone.fingerprint() != info["fingerprint"]:
             raise InputError(layout.backbone, "the CNN weights differ from those the head was trained on")
         self._check_detector(layout.detector)
-        self.onnx = open_classifier(layout, self.backbone, self.config.groups) if runtime == "onnx" else None
-        """The CNN and head graphs with ``runtime="onnx"``, else None."""
+        self.onnx = open_classifier(layout, self.backbone, self.config.groups) if runtime != "torch" else None
+        """The CNN and head graphs on an onnx runtime (fp32 on ``onnx-int8`` too), else None."""
         from hybridcxr.classify.cache import run_lung_side
 
         self.lungs = run_lung_side(layout.lungs, self.card.get("lungs"), device=self.detector.device)

@@ -250,7 +250,7 @@ def classify(
     sr: Annotated[bool, typer.Option(help="Write a DICOM Structured Report (TID 1500: boxes, probabilities) per DICOM input as sr/ID.dcm.")] = False,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
-    runtime: Annotated[Runtime, typer.Option(help="torch, or onnx: onnxruntime on the CPU, every core, on the run's `hybridcxr export` files.")] = Runtime.torch,
+    runtime: Annotated[Runtime, typer.Option(help="torch; onnx: onnxruntime on the CPU, every core, on the run's `hybridcxr export` files; onnx-int8: the same with the detector in int8 (`export --int8`).")] = Runtime.torch,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Probability and decision per finding: predictions.csv (+ JSON and overlays), one decode per image."""
@@ -300,7 +300,7 @@ def serve(
     max_decodes: Annotated[int, typer.Option(help="Uploads decoded at once; decoded images waiting for or in the networks hold at most this many full-size images' pixels.")] = 2,
     batch_window_ms: Annotated[float, typer.Option(help="Milliseconds a batch waits for more requests after its first (0 to 10000).")] = 10.0,
     max_batch: Annotated[int, typer.Option(help="Requests analyzed together in one batch at most (1 to 64; 1: one at a time, batching off).")] = 8,
-    runtime: Annotated[Runtime, typer.Option(help="torch, or onnx: onnxruntime on the CPU, every core, on the run's `hybridcxr export` files.")] = Runtime.torch,
+    runtime: Annotated[Runtime, typer.Option(help="torch; onnx: onnxruntime on the CPU, every core, on the run's `hybridcxr export` files; onnx-int8: the same with the detector in int8 (`export --int8`).")] = Runtime.torch,
 ) -> None:
     """Serve the classifier over HTTP (FastAPI): POST /v1/analyze, overlays, a viewer page at /, docs at /docs.
 
@@ -398,7 +398,7 @@ def detect(
     sr: Annotated[bool, typer.Option(help="Write a DICOM Structured Report (TID 1500: the boxes) per DICOM input as sr/ID.dcm.")] = False,
     allow_modality: Annotated[bool, typer.Option(help="Read DICOMs whose Modality is not a radiograph.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [CUDA when available].")] = None,
-    runtime: Annotated[Runtime, typer.Option(help="torch, or onnx: onnxruntime on the CPU, every core, on the run's `hybridcxr export` files.")] = Runtime.torch,
+    runtime: Annotated[Runtime, typer.Option(help="torch; onnx: onnxruntime on the CPU, every core, on the run's `hybridcxr export` files; onnx-int8: the same with the detector in int8 (`export --int8`).")] = Runtime.torch,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Detect findings: detections.csv, one JSON per image and a VinDr/Kaggle submission.csv."""
@@ -426,12 +426,16 @@ def detect(
 def export_cmd(
     run: Annotated[Path, typer.Argument(help="A classifier run (its detector, CNN and head) or a detector run.")],
     fmt: Annotated[str, typer.Option("--format", help="onnx (the only format so far).")] = "onnx",
+    int8: Annotated[bool, typer.Option("--int8", help="Also the detector in int8 (for --runtime onnx-int8), calibrated and checked on real images.")] = False,
+    calibration: Annotated[Path | None, typer.Option(help="With --int8: a folder of images to calibrate and check on [the detector's prepared train and val images].")] = None,
 ) -> None:
     """Write the run's networks as ONNX beside their cards, each checked against PyTorch (see --runtime onnx)."""
     from hybridcxr.export.onnx import export_run
 
+    if calibration is not None and not int8:
+        raise typer.BadParameter("--calibration is for --int8: add --int8")
     with errors():
-        result = export_run(run, fmt)
+        result = export_run(run, fmt, int8=int8, calibration=calibration)
     out.print(str(result), highlight=False)
 
 

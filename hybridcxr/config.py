@@ -59,9 +59,11 @@ class LabelRule(StrEnum):
 
 
 class Runtime(StrEnum):
-    """What runs the networks at inference: PyTorch, or onnxruntime on the run's ONNX export (``hybridcxr export``)."""
+    """What runs the networks at inference: PyTorch, or onnxruntime on the run's ONNX export (``hybridcxr export``),
+    fp32 or with the detector in int8 (``hybridcxr export --int8``)."""
     torch = "torch"
     onnx = "onnx"
+    onnx_int8 = "onnx-int8"
 
 
 class BackboneName(StrEnum):

@@ -255,7 +255,8 @@ def runtime_models(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def runtime_speed(args: argparse.Namespace) -> None:
-    """Images/s of classify --runtime onnx, the PyTorch path and the naive baseline; probabilities checked first."""
+    """Images/s of classify --runtime onnx and onnx-int8, the PyTorch path and the naive baseline; the
+    probabilities compared first (fp32 within the export's tolerance; int8's differences printed as measured)."""
     import numpy as np
 
     from hybridcxr.errors import InputError
@@ -265,17 +266,18 @@ def runtime_speed(args: argparse.Namespace) -> None:
 
     cls, det = runtime_models(args)
     try:
-        onnx = Analyzer(cls, runtime="onnx")
+        onnx, int8 = Analyzer(cls, runtime="onnx"), Analyzer(cls, runtime="onnx-int8")
     except InputError:
-        print(export_run(cls))
-        onnx = Analyzer(cls, runtime="onnx")
+        print(export_run(cls, int8=True))
+        onnx, int8 = Analyzer(cls, runtime="onnx"), Analyzer(cls, runtime="onnx-int8")
     eager = Analyzer(cls, device="cpu")
     files = sorted(Path(p) for p in (NIH / "images").glob("*.png"))
     paths = files * 2
-    probs = [np.array([list(a.probabilities.values()) for a in an.analyze_paths(files)]) for an in (onnx, eager)]
-    equal, largest = TOLERANCE.allclose(*probs), float(np.abs(probs[0] - probs[1]).max())
-    jobs = {name: (lambda an=an: sum(1 for _ in an.analyze_paths(paths))) for name, an in (("torch", eager),
-                                                                                          ("onnx", onnx))}
+    runs = (("torch", eager), ("onnx", onnx), ("onnx-int8", int8))
+    probs = {name: np.array([list(a.probabilities.values()) for a in an.analyze_paths(files)]) for name, an in runs}
+    equal = TOLERANCE.allclose(probs["onnx"], probs["torch"])
+    largest = {name: float(np.abs(probs[name] - probs["torch"]).max()) for name in ("onnx", "onnx-int8")}
+    jobs = {name: (lambda an=an: sum(1 for _ in an.analyze_paths(paths))) for name, an in runs}
     rate = best_rate(jobs, len(paths), args.repeats)
     imgsz = eager.detector.imgsz
     base = len(paths) / best_baseline_seconds(_BASELINE, [str(det / "weights" / "best.pt"), str(imgsz),
@@ -283,12 +285,17 @@ def runtime_speed(args: argparse.Namespace) -> None:
     print(f"\nruntimes of {cls} on {len(paths)} NIH PNGs (1024 px; detector at {imgsz} px, CNN at "
           f"{eager.backbone.input_size} px), CPU, best of {args.repeats} (cores: {len(os.sched_getaffinity(0))}):")
     print(f"  ONNX probabilities on the {len(files)} files equal PyTorch's within rtol {TOLERANCE.rtol:g}, atol "
-          f"{TOLERANCE.atol:g}: {'yes' if equal else 'NO'} (largest difference {largest:.2g})")
+          f"{TOLERANCE.atol:g}: {'yes' if equal else 'NO'} (largest difference {largest['onnx']:.2g})")
+    print(f"  onnx-int8 probabilities (the detector's int8 features) differ from PyTorch's by up to "
+          f"{largest['onnx-int8']:.2g}")
     print(f"  naive: ultralytics YOLO.predict + torchvision ResNet-18, each reading the file: {base:.1f} images/s")
-    print(f"  classify, PyTorch path: {rate['torch']:.1f} images/s")
-    print(f"  classify --runtime onnx: {rate['onnx']:.1f} images/s")
+    for name, label in (("torch", "classify, PyTorch path"), ("onnx", "classify --runtime onnx"),
+                        ("onnx-int8", "classify --runtime onnx-int8")):
+        print(f"  {label}: {rate[name]:.1f} images/s")
     print(f"RESULT classify --runtime onnx / PyTorch path = {rate['onnx'] / rate['torch']:.2f}x; / naive = "
           f"{rate['onnx'] / base:.2f}x; probabilities equal within tolerance: {'yes' if equal else 'NO'}")
+    print(f"RESULT classify --runtime onnx-int8 / PyTorch path = {rate['onnx-int8'] / rate['torch']:.2f}x; / naive = "
+          f"{rate['onnx-int8'] / base:.2f}x; largest probability difference {largest['onnx-int8']:.2g}")
 
 
 def finetune_speed(args: argparse.Namespace) -> None:

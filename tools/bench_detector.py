@@ -206,39 +206,46 @@ def best_rate(jobs: dict[str, object], images: int, repeats: int) -> dict[str, f
 
 
 def exported(run: Path) -> None:
-    """Export ``run`` to ONNX unless its export is there and current."""
+    """Export ``run`` to ONNX, fp32 and int8, unless both exports are there and current."""
     from hybridcxr.errors import InputError
     from hybridcxr.export.onnx import export_run
     from hybridcxr.export.runtime import OnnxDetector
 
     try:
         OnnxDetector.load(run)
+        OnnxDetector.load(run, int8=True)
     except InputError:
-        print(export_run(run))
+        print(export_run(run, int8=True))
 
 
 def runtime_speed(run: Path, args: argparse.Namespace) -> None:
-    """Images/s of detect --runtime onnx, the PyTorch path and ultralytics' predict; ONNX outputs checked first."""
+    """Images/s of detect --runtime onnx and onnx-int8, the PyTorch path and ultralytics' predict; ONNX outputs
+    checked first on the timed files (fp32 within the export's tolerance, int8 within the int8 tolerance)."""
     import numpy as np
 
     from hybridcxr.detect.predict import Detector
+    from hybridcxr.export.quantize import INT8_TOLERANCE
     from hybridcxr.export.record import TOLERANCE
     from hybridcxr.export.runtime import OnnxDetector
     from hybridcxr.io import read_radiograph
 
     exported(run)
     paths, where = speed_files(Path(args.out))
-    torch_det, onnx_det = Detector.load(run, device="cpu"), OnnxDetector.load(run)
+    torch_det = Detector.load(run, device="cpu")
+    onnx_det, int8_det = OnnxDetector.load(run), OnnxDetector.load(run, int8=True)
     prepared = [torch_det.prepare(read_radiograph(p)) for p in dict.fromkeys(paths)]
     images = np.stack([p.image for p in prepared])
-    pairs = list(zip(onnx_det.forward(images, True), torch_det.forward(images, True)))
+    expected = torch_det.forward(images, True)
+    pairs = list(zip(onnx_det.forward(images, True), expected))
     equal = all(TOLERANCE.allclose(a, np.asarray(b)) for a, b in pairs)
     largest = max(float(np.abs(a - np.asarray(b)).max()) for a, b in pairs)
+    int8_diff = INT8_TOLERANCE.measure(int8_det.forward(images, True), expected, torch_det.imgsz)
+    int8_ok = not INT8_TOLERANCE.failures(int8_diff)
     conf, size = 0.05, torch_det.config["batch_predict"]
-    files = {name: (lambda d=d: sum(1 for _ in d.predict_paths(paths, conf=conf)))
-             for name, d in (("torch", torch_det), ("onnx", onnx_det))}
+    dets = (("torch", torch_det), ("onnx", onnx_det), ("onnx-int8", int8_det))
+    files = {name: (lambda d=d: sum(1 for _ in d.predict_paths(paths, conf=conf))) for name, d in dets}
     network = {name: (lambda d=d: [d.run(prepared[i:i + size], conf=conf) for i in range(0, len(prepared), size)])
-               for name, d in (("torch", torch_det), ("onnx", onnx_det))}
+               for name, d in dets}
     for job in (*files.values(), *network.values()):
         job()  # warm-up: first-call allocations, onnxruntime's arena
     rate = best_rate(files, len(paths), args.repeats)
@@ -249,12 +256,17 @@ def runtime_speed(run: Path, args: argparse.Namespace) -> None:
           f"{args.repeats} (cores: {len(os.sched_getaffinity(0))}):")
     print(f"  ONNX outputs (output0, pooled features) on the {len(prepared)} files equal PyTorch's within rtol "
           f"{TOLERANCE.rtol:g}, atol {TOLERANCE.atol:g}: {'yes' if equal else 'NO'} (largest difference {largest:.2g})")
+    print(f"  int8 ONNX outputs on the same files within the int8 tolerance (scores {INT8_TOLERANCE.scores:g}, "
+          f"boxes {INT8_TOLERANCE.boxes:g} of the image, features {INT8_TOLERANCE.features:g} of the largest): "
+          f"{'yes' if int8_ok else 'NO'} (" + ", ".join(f"{k} {v:.2g}" for k, v in int8_diff.items()) + ")")
     print(f"  ultralytics YOLO.predict (default settings): {base:.1f} images/s")
-    print(f"  detect, PyTorch path: {rate['torch']:.1f} images/s; network + NMS alone {net['torch']:.1f} images/s")
-    print(f"  detect --runtime onnx: {rate['onnx']:.1f} images/s; network + NMS alone {net['onnx']:.1f} images/s")
-    print(f"RESULT detect --runtime onnx / PyTorch path = {rate['onnx'] / rate['torch']:.2f}x end to end, "
-          f"{net['onnx'] / net['torch']:.2f}x network alone; / ultralytics predict = {rate['onnx'] / base:.2f}x; "
-          f"outputs equal within tolerance: {'yes' if equal else 'NO'}")
+    for name, label in (("torch", "detect, PyTorch path"), ("onnx", "detect --runtime onnx"),
+                        ("onnx-int8", "detect --runtime onnx-int8")):
+        print(f"  {label}: {rate[name]:.1f} images/s; network + NMS alone {net[name]:.1f} images/s")
+    for name, ok in (("onnx", equal), ("onnx-int8", int8_ok)):
+        print(f"RESULT detect --runtime {name} / PyTorch path = {rate[name] / rate['torch']:.2f}x end to end, "
+              f"{net[name] / net['torch']:.2f}x network alone; / ultralytics predict = {rate[name] / base:.2f}x; "
+              f"outputs within {'the int8' if name == 'onnx-int8' else 'the'} tolerance: {'yes' if ok else 'NO'}")
 
 
 def main() -> None:

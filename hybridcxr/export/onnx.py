@@ -35,9 +35,12 @@ import torch
 
 from hybridcxr.detect.features import pooled_outputs
 from hybridcxr.errors import ConfigError, InputError, OutputError, guarded_warnings
+from hybridcxr.export.quantize import (
+    CHECK, INT8_TOLERANCE, calibration_files, letterboxed, quantize_detector,
+)
 from hybridcxr.export.record import KIND, RECORD_VERSION, TOLERANCE, record_path
 from hybridcxr.export.runtime import (
-    BACKBONE_INPUT, BACKBONE_OUTPUT, DETECTOR_OUTPUTS, HEAD_OUTPUT, OnnxBackbone, OnnxDetector,
+    BACKBONE_INPUT, BACKBONE_OUTPUT, DETECTOR_INPUT, DETECTOR_OUTPUTS, HEAD_OUTPUT, OnnxBackbone, OnnxDetector,
     OnnxHead, detector_onnx, open_session,
 )
 from hybridcxr.files import atomic_path, file_sha256, write_json
@@ -56,6 +59,7 @@ class Exported:
     model: str
     path: Path
     max_abs_diff: dict[str, float]
+    int8: bool = False
 
 
 @dataclass
@@ -66,16 +70,24 @@ class ExportResult:
     files: list[Exported] = field(default_factory=list)
 
     def __str__(self) -> str:
-        lines = [f"{len(self.files)} ONNX files written for {self.run}, each equal to PyTorch within rtol "
+        lines = [f"{len(self.files)} ONNX files written for {self.run}, each fp32 one equal to PyTorch within rtol "
                  f"{TOLERANCE.rtol:g}, atol {TOLERANCE.atol:g} on {SAMPLES} sample inputs:"]
         for item in self.files:
             diffs = ", ".join(f"{k} {v:.2g}" for k, v in item.max_abs_diff.items())
-            lines.append(f"  {item.model}: {item.path} (largest difference: {diffs})")
+            if item.int8:
+                limits = ", ".join(f"{k} {getattr(INT8_TOLERANCE, k):g}" for k in item.max_abs_diff)
+                lines.append(f"  {item.model} int8: {item.path} (on {CHECK} held-out images or fewer, largest "
+                             f"difference: {diffs}; int8 tolerance {limits}: see hybridcxr.export.quantize)")
+            else:
+                lines.append(f"  {item.model}: {item.path} (largest difference: {diffs})")
         return "\n".join(lines)
 
 
-def export_run(run: str | Path, fmt: str = "onnx") -> ExportResult:
-    """Export a classifier run (detector, CNN, head) or a detector run (its detector) as ``fmt`` files.
+def export_run(run: str | Path, fmt: str = "onnx", int8: bool = False,
+               calibration: str | Path | None = None) -> ExportResult:
+    """Export a classifier run (detector, CNN, head) or a detector run (its detector) as ``fmt`` files; with
+    ``int8`` also the detector's int8 graph (:mod:`hybridcxr.export.quantize`), calibrated on ``calibration``
+    (a folder of images) or else on the detector's own training images.
 
     Raises:
         ConfigError: for a format other than ``onnx``.
@@ -87,14 +99,16 @@ def export_run(run: str | Path, fmt: str = "onnx") -> ExportResult:
     layout = ClassifierLayout(run)
     result = ExportResult(run)
     if not layout.card.is_file():
-        result.files.append(export_detector(_detector_weights(run, f"{run}: neither a classifier run (no "
-                                                                    f"{layout.card}) nor a detector run")))
-        return result
-    missing = [str(p) for p in (layout.model / "model.safetensors", layout.backbone) if not p.is_file()]
-    if missing:
-        raise InputError(run, f"a classifier run without all its models: missing {', '.join(missing)}")
-    weights = _detector_weights(layout.detector, "the classifier run's detector")
-    result.files += [export_detector(weights), export_backbone(layout), export_head(layout)]
+        weights = _detector_weights(run, f"{run}: neither a classifier run (no {layout.card}) nor a detector run")
+        result.files.append(export_detector(weights))
+    else:
+        missing = [str(p) for p in (layout.model / "model.safetensors", layout.backbone) if not p.is_file()]
+        if missing:
+            raise InputError(run, f"a classifier run without all its models: missing {', '.join(missing)}")
+        weights = _detector_weights(layout.detector, "the classifier run's detector")
+        result.files += [export_detector(weights), export_backbone(layout), export_head(layout)]
+    if int8:
+        result.files.append(export_detector_int8(weights, None if calibration is None else Path(calibration)))
     return result
 
 
@@ -127,6 +141,35 @@ def export_detector(weights: Path) -> Exported:
         return {name: (np.asarray(a), np.asarray(b)) for name, (a, b) in zip(DETECTOR_OUTPUTS, pairs)}
 
     return _write_checked(detector_onnx(weights), "detector", weights, write, check)
+
+
+def export_detector_int8(weights: Path, calibration: Path | None = None) -> Exported:
+    """Write ``best.int8.onnx`` beside the detector's fp32 ``best.onnx`` (exported first): its int8 version,
+    calibrated and checked on real images (:mod:`hybridcxr.export.quantize`) within :data:`INT8_TOLERANCE`."""
+    from hybridcxr.detect.predict import Detector
+    from hybridcxr.export.record import check_export
+
+    fp32 = detector_onnx(weights)
+    check_export(fp32, weights, "detector")
+    torch_detector = Detector.load(weights, device="cpu")
+    calibrate, held_out = calibration_files(torch_detector.card, weights, calibration)
+    images, check_images = letterboxed(torch_detector, calibrate), letterboxed(torch_detector, held_out)
+    detect_layer = len(torch_detector.model.model) - 1
+
+    def write(tmp: Path) -> None:
+        quantize_detector(fp32, tmp, images, detect_layer, DETECTOR_INPUT)
+
+    def judge(tmp: Path) -> tuple[dict[str, float], list[str]]:
+        onnx_detector = OnnxDetector(torch_detector, open_session(tmp), {})
+        measured = INT8_TOLERANCE.measure(onnx_detector.forward(check_images, True),
+                                          torch_detector.forward(check_images, True), torch_detector.imgsz)
+        return measured, INT8_TOLERANCE.failures(measured)
+
+    where = f"{len(held_out)} held-out images ({held_out[0].parent}); calibrated on {len(calibrate)} " \
+            f"({calibrate[0].parent})"
+    done = _write_judged(detector_onnx(weights, int8=True), "detector", weights, write, judge,
+                         INT8_TOLERANCE.as_dict(), where)
+    return Exported(done.model, done.path, done.max_abs_diff, int8=True)
 
 
 def export_backbone(layout: ClassifierLayout) -> Exported:
@@ -257,24 +300,36 @@ def _write_checked(dest: Path, name: str, source: Path, write: Callable[[Path], 
     """Write an ONNX file with ``write(tmp)``, compare it with ``check(tmp)``'s (onnx, torch) output pairs,
     and put it and its record in place only when every pair is equal within :data:`TOLERANCE` (else the
     previous export, if any, stays as it was)."""
+
+    def judge(tmp: Path) -> tuple[dict[str, float], list[str]]:
+        pairs = check(tmp)
+        diffs = {k: float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0 for k, (a, b) in pairs.items()}
+        return diffs, [k for k, (a, b) in pairs.items() if not TOLERANCE.allclose(a, b)]
+
+    checked_on = f"{SAMPLES} seeded sample inputs, one batch, onnxruntime on the CPU"
+    return _write_judged(dest, name, source, write, judge, TOLERANCE.as_dict(), checked_on)
+
+
+def _write_judged(dest: Path, name: str, source: Path, write: Callable[[Path], None],
+                  judge: Callable[[Path], tuple[dict[str, float], list[str]]], tolerance: dict[str, Any],
+                  checked_on: str) -> Exported:
+    """Write an ONNX file with ``write(tmp)``; ``judge(tmp)`` gives its measured differences from PyTorch and
+    the names of those beyond ``tolerance``. Only a file with none beyond goes in place, with its record."""
     import onnx
 
     with atomic_path(dest) as tmp:
         write(tmp)
-        pairs = check(tmp)
-        diffs = {k: float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0 for k, (a, b) in pairs.items()}
-        bad = [k for k, (a, b) in pairs.items() if not TOLERANCE.allclose(a, b)]
+        diffs, bad = judge(tmp)
         if bad:
+            limits = ", ".join(f"{k} {v:g}" for k, v in tolerance.items() if k != "kind")
             raise OutputError(dest, f"not written: onnxruntime's {', '.join(bad)} differ from PyTorch's (largest "
-                                    f"difference {max(diffs[k] for k in bad):.3g}; tolerance rtol {TOLERANCE.rtol:g}, "
-                                    f"atol {TOLERANCE.atol:g})")
+                                    f"difference {max(diffs[k] for k in bad):.3g}; tolerance {limits})")
         graph = onnx.load(str(tmp)).graph
         record = {
             "kind": KIND, "record_version": RECORD_VERSION, "model": name, "file": dest.name,
             "sha256": file_sha256(tmp), "source": {"file": source.name, "sha256": file_sha256(source)},
             "inputs": [i.name for i in graph.input], "outputs": [o.name for o in graph.output], "opset": OPSET,
-            "tolerance": TOLERANCE.as_dict(), "max_abs_diff": diffs,
-            "checked_on": f"{SAMPLES} seeded sample inputs, one batch, onnxruntime on the CPU",
+            "tolerance": tolerance, "max_abs_diff": diffs, "checked_on": checked_on,
             "versions": {p: version(p) for p in ("hybridcxr", "torch", "ultralytics", "onnx", "onnxruntime")},
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

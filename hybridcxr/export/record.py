@@ -65,15 +65,15 @@ def record_path(onnx_file: str | Path) -> Path:
     return onnx_file.with_name(onnx_file.name + ".json")
 
 
-def check_export(onnx_file: Path, source: Path, model: str) -> dict[str, Any]:
+def check_export(onnx_file: Path, source: Path, model: str, int8: bool = False) -> dict[str, Any]:
     """The record of ``onnx_file`` after checking that the file is the one recorded and was exported from the
     weights file ``source`` as it is now; InputError naming the ONNX file (or its record) otherwise."""
     where = record_path(onnx_file)
+    command = "`hybridcxr export RUN --format onnx" + (" --int8`" if int8 else "`")
     if not onnx_file.is_file():
-        raise InputError(onnx_file, f"missing: no ONNX {model} here; make it with `hybridcxr export RUN --format onnx`")
+        raise InputError(onnx_file, f"missing: no {'int8 ' if int8 else ''}ONNX {model} here; make it with {command}")
     if not where.is_file():
-        raise InputError(onnx_file, f"has no export record ({where.name}); export again with "
-                                    "`hybridcxr export RUN --format onnx`")
+        raise InputError(onnx_file, f"has no export record ({where.name}); export again with {command}")
     record = read_model_card(where, KIND, "ONNX export record")
     if record.get("model") != model or record.get("file") != onnx_file.name:
         raise InputError(where, f"is not the record of the ONNX {model} {onnx_file.name}")
@@ -81,8 +81,8 @@ def check_export(onnx_file: Path, source: Path, model: str) -> dict[str, Any]:
         raise InputError(where, f"record version {record['record_version']} is newer than this hybridcxr reads")
     if file_sha256(onnx_file) != record.get("sha256"):
         raise InputError(onnx_file, "does not match its export record (sha256 differs): the file was changed or "
-                                    "damaged after export; export again with `hybridcxr export RUN --format onnx`")
+                                    f"damaged after export; export again with {command}")
     if file_sha256(source) != (record.get("source") or {}).get("sha256"):
         raise InputError(onnx_file, f"is stale: it was exported from other weights than {source} holds now "
-                                    "(sha256 differs); export again with `hybridcxr export RUN --format onnx`")
+                                    f"(sha256 differs); export again with {command}")
     return record

@@ -30,25 +30,28 @@ from hybridcxr.errors import ConfigError, InputError
 from hybridcxr.export.record import check_export
 from hybridcxr.layout import ClassifierLayout
 
-#: The runtimes ``detect``, ``classify``, the Analyzer and the service run on.
-RUNTIMES: tuple[str, ...] = ("torch", "onnx")
+#: The runtimes ``detect``, ``classify``, the Analyzer and the service run on; ``onnx-int8`` is ``onnx`` with
+#: the detector's int8 graph (:mod:`hybridcxr.export.quantize`; the CNN and the head stay fp32).
+RUNTIMES: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+ONNX_RUNTIMES: tuple[str, ...] = ("onnx", "onnx-int8")
 #: Names of the detector graph's input and outputs (the exporter's ``images``/``output0``, our ``features``).
 DETECTOR_INPUT, DETECTOR_OUTPUTS = "images", ("output0", "features")
 BACKBONE_INPUT, BACKBONE_OUTPUT = "pixels", "embedding"
 HEAD_OUTPUT = "logits"
 
 
-def detector_onnx(weights: Path) -> Path:
-    """Where the ONNX export of a detector's ``.safetensors`` weights lives: beside them, as ``.onnx``."""
-    return Path(weights).with_suffix(".onnx")
+def detector_onnx(weights: Path, int8: bool = False) -> Path:
+    """Where the ONNX export of a detector's ``.safetensors`` weights lives: beside them, as ``.onnx`` (its
+    int8 version as ``.int8.onnx``)."""
+    return Path(weights).with_suffix(".int8.onnx" if int8 else ".onnx")
 
 
 def check_runtime(runtime: str, device: str | None = None) -> str:
     """``runtime`` when it is one of :data:`RUNTIMES` and fits ``device``; ConfigError otherwise."""
     if runtime not in RUNTIMES:
         raise ConfigError("--runtime", f"must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
-    if runtime == "onnx" and device not in (None, "cpu"):
-        raise ConfigError("--runtime", f"onnx runs on the CPU (onnxruntime); it cannot use --device {device}")
+    if runtime in ONNX_RUNTIMES and device not in (None, "cpu"):
+        raise ConfigError("--runtime", f"{runtime} runs on the CPU (onnxruntime); it cannot use --device {device}")
     return runtime
 
 
@@ -81,12 +84,13 @@ class OnnxDetector(Detector):
 
     @classmethod
     def load(cls, weights: str | Path, device: str | None = None,
-             config: dict[str, Any] | None = None) -> OnnxDetector:
-        """The detector of ``weights`` (a run folder or ``.safetensors``) with its checked ONNX export."""
-        check_runtime("onnx", device)
+             config: dict[str, Any] | None = None, int8: bool = False) -> OnnxDetector:
+        """The detector of ``weights`` (a run folder or ``.safetensors``) with its checked ONNX export (its
+        int8 graph with ``int8``)."""
+        check_runtime("onnx-int8" if int8 else "onnx", device)
         path = resolve_weights(weights)
-        onnx_file = detector_onnx(path)
-        record = check_export(onnx_file, path, "detector")
+        onnx_file = detector_onnx(path, int8)
+        record = check_export(onnx_file, path, "detector", int8)
         return cls(Detector.load(path, device="cpu", config=config), open_session(onnx_file), record)
 
     def forward(self, images: np.ndarray, features: bool = False) -> tuple[Any, np.ndarray | None]:
@@ -98,9 +102,9 @@ class OnnxDetector(Detector):
 
 def open_detector(weights: str | Path, device: str | None = None, runtime: str = "torch",
                   config: dict[str, Any] | None = None) -> Detector:
-    """``Detector.load`` for ``runtime="torch"``, :meth:`OnnxDetector.load` for ``"onnx"``."""
-    if check_runtime(runtime, device) == "onnx":
-        return OnnxDetector.load(weights, device=device, config=config)
+    """``Detector.load`` for ``runtime="torch"``, :meth:`OnnxDetector.load` for ``"onnx"`` and ``"onnx-int8"``."""
+    if check_runtime(runtime, device) in ONNX_RUNTIMES:
+        return OnnxDetector.load(weights, device=device, config=config, int8=runtime == "onnx-int8")
     return Detector.load(weights, device=device, config=config)
 
 

@@ -39,3 +39,15 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
     target = tmp_path / run.name
     shutil.copytree(run, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def int8_detector(tiny_detector, tmp_path_factory):
+    """A copy of the tiny detector run exported fp32 and int8 (calibrated on its prepared train images);
+    ``(phantom, run, ExportResult)``."""
+    from hybridcxr.export.onnx import export_run
+
+    phantom, folder, _ = tiny_detector
+    copy = tmp_path_factory.mktemp("onnx-int8") / "run"
+    shutil.copytree(folder / "run", copy)
+    return phantom, copy, export_run(copy, int8=True)

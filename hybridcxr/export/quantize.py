@@ -1,0 +1,138 @@
+"""int8 detector graphs (``hybridcxr export RUN --format onnx --int8``) and what "the same outputs" means for them.
+
+The detector's fp32 graph is quantised statically by onnxruntime's own tool (QDQ format: weights int8 per
+output channel, activations uint8 per tensor, min-max ranges) on the run's own images: ranges are measured on
+up to :data:`CALIBRATION` training images of the prepared dataset the detector was trained on, and the result is
+checked on up to :data:`CHECK` validation images, which calibration never saw (``--calibration DIR`` uses a
+folder of the user's images instead: three in four calibrate, every fourth checks).
+
+Two parts stay fp32, because one uint8 scale cannot hold them:
+
+- the Detect head's decoding (distribution-to-box softmax, anchors, strides, and the concatenation of boxes in
+  pixels with scores in [0, 1]: on one scale the scores vanish; measured: scores off by up to 0.80);
+- the pooled-feature means the classifier reads (quantised, they were off by 14% of their largest value).
+
+int8 cannot match fp32 to rounding, so its outputs are held to :data:`INT8_TOLERANCE` (scores in absolute
+terms, boxes as a fraction of the image size, features relative to the largest): looser than the fp32
+export's, stated in each record and measured there. The CNN and the fusion head are not quantised: ResNet-18
+ran at 0.67x its fp32 graph in int8 on the CPU we measured (onnxruntime 1.30), and the head is a few matrix
+products.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybridcxr.errors import InputError
+
+CALIBRATION = 64  # images whose activations set the int8 ranges
+CHECK = 32  # held-out images the int8 graph is checked on
+
+
+@dataclass(frozen=True)
+class Int8Tolerance:
+    """How far an int8 detector graph may be from PyTorch's fp32 outputs on real images.
+
+    ``scores``: largest absolute difference of any class score (in [0, 1]) of any anchor; ``boxes``: largest
+    difference of a box coordinate, as a fraction of the image size, over the anchors PyTorch scores at least
+    ``scored`` (the others' boxes are never kept); ``features``: largest difference of a pooled feature,
+    relative to the largest feature magnitude.
+    """
+
+    scores: float = 0.1
+    boxes: float = 0.03
+    features: float = 0.1
+    scored: float = 0.05
+
+    def measure(self, onnx_out: tuple[np.ndarray, np.ndarray], torch_out: tuple[Any, np.ndarray],
+                imgsz: int) -> dict[str, float]:
+        """The three differences of :class:`Int8Tolerance` between ``(output0, features)`` pairs."""
+        raw, feats = (np.asarray(a, dtype=np.float64) for a in onnx_out)
+        ref, ref_feats = (np.asarray(b, dtype=np.float64) for b in torch_out)
+        scores = np.abs(raw[:, 4:] - ref[:, 4:])
+        scored = (ref[:, 4:].max(axis=1) >= self.scored)[:, None, :]
+        boxes = np.where(scored, np.abs(raw[:, :4] - ref[:, :4]), 0.0)
+        scale = max(float(np.abs(ref_feats).max()), 1e-12)
+        return {"scores": float(scores.max(initial=0.0)), "boxes": float(boxes.max(initial=0.0)) / imgsz,
+                "features": float(np.abs(feats - ref_feats).max(initial=0.0)) / scale}
+
+    def failures(self, measured: dict[str, float]) -> list[str]:
+        """The measures of :meth:`measure` beyond this tolerance (NaN is always beyond)."""
+        return [k for k, v in measured.items() if not v <= getattr(self, k)]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": "int8", "scores": self.scores, "boxes": self.boxes, "features": self.features,
+                "scored": self.scored}
+
+
+INT8_TOLERANCE = Int8Tolerance()
+
+
+def calibration_files(card: dict[str, Any], weights: Path, folder: Path | None = None) -> tuple[list[Path], list[Path]]:
+    """``(calibrate, check)`` image files: from ``folder`` when given, else the training and validation images
+    of the prepared dataset the detector's card names; InputError naming what is missing."""
+    if folder is not None:
+        from hybridcxr.pipeline import collect_inputs
+
+        files = sorted(collect_inputs([folder]))
+        if len(files) < 4:
+            raise InputError(folder, f"--calibration needs at least 4 images (DICOM, PNG, JPEG); found {len(files)}")
+        check = files[3::4][:CHECK]
+        return [p for i, p in enumerate(files) if i % 4 != 3][:CALIBRATION], check
+    prepared = Path(str(card.get("data") or "")).parent
+    train, val = (sorted((prepared / "images" / split).glob("*.png")) for split in ("train", "val"))
+    if not train or not val:
+        raise InputError(weights, f"int8 export calibrates on the detector's training images, but {prepared} "
+                                  "holds no prepared train and val images; pass --calibration DIR (images of the "
+                                  "kind the detector will see)")
+    return train[:CALIBRATION], val[:CHECK]
+
+
+def letterboxed(detector: Any, files: list[Path]) -> np.ndarray:
+    """``(N, S, S)`` uint8 images as the detector's ``forward`` takes them; InputError naming a bad file."""
+    from hybridcxr.io import read_radiograph
+
+    return np.stack([detector.prepare(read_radiograph(p)).image for p in files])
+
+
+def kept_fp32(graph: Any, detect_layer: int) -> list[str]:
+    """Names of the nodes to leave fp32: the Detect layer's decoding (all of it but its two conv branches,
+    ``cv2`` boxes and ``cv3`` classes), the pooled-feature means and what joins them into ``features``."""
+    prefix = f"/model.{detect_layer}/"
+    return [n.name for n in graph.node
+            if (n.name.startswith(prefix) and "/cv2." not in n.name and "/cv3." not in n.name)
+            or n.op_type == "ReduceMean" or "features" in n.output]
+
+
+def quantize_detector(src: Path, dest: Path, images: np.ndarray, detect_layer: int, input_name: str) -> None:
+    """Write the int8 (QDQ) version of the fp32 detector graph ``src`` to ``dest``, its activation ranges set
+    by ``images`` (letterboxed uint8, scaled as ``forward`` scales them)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    batches = [{input_name: np.repeat(images[i:i + 8, None], 3, axis=1).astype(np.float32) / np.float32(255.0)}
+               for i in range(0, len(images), 8)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    pre = dest.with_name(dest.name + ".pre.onnx")
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        keep = kept_fp32(onnx.load(str(pre)).graph, detect_layer)
+        quantize_static(str(pre), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep)
+    finally:
+        pre.unlink(missing_ok=True)

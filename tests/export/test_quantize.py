@@ -1,0 +1,145 @@
+"""``hybridcxr export --int8`` and ``--runtime onnx-int8``: an int8 detector graph calibrated on real images,
+held to the stated int8 tolerance, with its decoding and pooled features left in fp32."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from hybridcxr.analyzer import Analyzer
+from hybridcxr.cli import app
+from hybridcxr.detect.predict import Detector
+from hybridcxr.errors import InputError
+from hybridcxr.export.quantize import INT8_TOLERANCE, Int8Tolerance, calibration_files, kept_fp32
+from hybridcxr.export.record import record_path
+from hybridcxr.export.runtime import OnnxDetector, check_runtime, open_detector
+from hybridcxr.files import file_sha256
+from hybridcxr.io import read_radiograph
+
+from .conftest import copy_run
+
+runner = CliRunner()
+
+
+def test_tolerance_measures_scores_scored_boxes_and_relative_features():
+    ref = np.zeros((1, 6, 3))  # one image, 4 box coordinates + 2 classes, 3 anchors
+    ref[0, 4:, 0] = [0.9, 0.0]  # anchor 0 scored, anchors 1 and 2 not
+    raw = ref.copy()
+    raw[0, 4, 0] = 0.85  # a score 0.05 lower
+    raw[0, :4, 0] = 6.4  # anchor 0's box 6.4 px off: 0.02 of a 320 px image
+    raw[0, :4, 1] = 100.0  # an unscored anchor's box, never kept: not counted
+    feats, ref_feats = np.array([[1.0, 2.2]]), np.array([[1.0, 2.0]])
+    measured = Int8Tolerance().measure((raw, feats), (ref, ref_feats), imgsz=320)
+    assert measured == pytest.approx({"scores": 0.05, "boxes": 0.02, "features": 0.1})
+    assert Int8Tolerance(features=0.05).failures(measured) == ["features"]
+    assert Int8Tolerance().failures({"scores": float("nan"), "boxes": 0.0, "features": 0.0}) == ["scores"]
+    assert INT8_TOLERANCE.as_dict()["kind"] == "int8"
+
+
+def test_int8_export_is_quantised_checked_and_recorded(int8_detector):
+    _, run, result = int8_detector
+    assert [(item.model, item.int8) for item in result.files] == [("detector", False), ("detector", True)]
+    path = run / "weights" / "best.int8.onnx"
+    record = json.loads(record_path(path).read_text())
+    assert record["file"] == "best.int8.onnx" and record["sha256"] == file_sha256(path)
+    assert record["source"]["sha256"] == file_sha256(run / "weights" / "best.safetensors")
+    assert record["tolerance"] == INT8_TOLERANCE.as_dict() and not INT8_TOLERANCE.failures(record["max_abs_diff"])
+    assert "held-out images" in record["checked_on"] and "val" in record["checked_on"]
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, "the graph must be int8"
+    assert [o.name for o in graph.output] == ["output0", "features"]
+    producer = {o: n for n in graph.node for o in n.output}
+    assert {producer[name].op_type for name in ("output0", "features")}.isdisjoint({"DequantizeLinear"})
+    means = {o for n in graph.node if n.op_type == "ReduceMean" for o in n.output}
+    assert means and not any(n.op_type == "QuantizeLinear" and n.input[0] in means for n in graph.node)
+    assert "int8 tolerance" in str(result)
+
+
+def test_kept_fp32_names_the_decoding_and_the_pooled_means(exported_detector):
+    _, run, _ = exported_detector
+    graph = onnx.load(str(run / "weights" / "best.onnx")).graph
+    layer = len(Detector.load(run, device="cpu").model.model) - 1
+    kept = set(kept_fp32(graph, layer))
+    by_name = {n.name: n for n in graph.node}
+    assert {n for n in kept if by_name[n].op_type == "ReduceMean"} == {n.name for n in graph.node
+                                                                       if n.op_type == "ReduceMean"}
+    assert any(by_name[n].op_type == "Softmax" for n in kept)  # the distribution-to-box decoding
+    kept_convs = [n for n in kept if by_name[n].op_type == "Conv"]
+    assert kept_convs == [f"/model.{layer}/dfl/conv/Conv"]  # every learned convolution is quantised
+    assert any("features" in by_name[n].output for n in kept)
+
+
+def test_onnx_int8_detector_stays_within_the_int8_tolerance(int8_detector):
+    phantom, run, _ = int8_detector
+    paths = sorted((phantom / "test").glob("*.dicom"))
+    int8, torch = OnnxDetector.load(run, int8=True), Detector.load(run, device="cpu")
+    assert isinstance(open_detector(run, runtime="onnx-int8"), OnnxDetector)
+    images = np.stack([torch.prepare(read_radiograph(p)).image for p in paths])
+    measured = INT8_TOLERANCE.measure(int8.forward(images, True), torch.forward(images, True), torch.imgsz)
+    assert not INT8_TOLERANCE.failures(measured), measured
+    assert measured["features"] > 0  # int8, not the fp32 graph under another name
+    detections = list(int8.predict_paths(paths, conf=0.0001))
+    assert len(detections) == len(paths) and sum(len(d.boxes) for d in detections) > 0
+    assert check_runtime("onnx-int8", "cpu") == "onnx-int8"
+
+
+def test_int8_runtime_needs_its_export_and_says_how(exported_detector, tmp_path):
+    run = copy_run(exported_detector[1], tmp_path)
+    with pytest.raises(InputError, match=r"best\.int8\.onnx: missing: no int8 ONNX detector here; make it with "
+                                         r"`hybridcxr export RUN --format onnx --int8`"):
+        OnnxDetector.load(run, int8=True)
+
+
+def test_calibration_images_from_a_folder_or_the_prepared_dataset(tiny_detector, tmp_path):
+    phantom, folder, _ = tiny_detector
+    card = json.loads((folder / "run" / "weights" / "best.json").read_text())
+    weights = folder / "run" / "weights" / "best.safetensors"
+    calibrate, check = calibration_files(card, weights)
+    assert {p.parent.name for p in calibrate} == {"train"} and {p.parent.name for p in check} == {"val"}
+    files = sorted((phantom / "test").glob("*.dicom"))
+    calibrate, check = calibration_files(card, weights, phantom / "test")
+    assert check == files[3::4] and set(calibrate) | set(check) == set(files) and not set(calibrate) & set(check)
+    with pytest.raises(InputError, match="--calibration needs at least 4 images"):
+        calibration_files(card, weights, tmp_path)
+    with pytest.raises(InputError, match=r"best\.safetensors: int8 export calibrates on the detector's training "
+                                         r"images, .*pass --calibration DIR"):
+        calibration_files({**card, "data": str(tmp_path / "gone" / "data.yaml")}, weights)
+
+
+def test_export_cli_int8_with_a_calibration_folder(tiny_detector, tmp_path):
+    phantom, folder, _ = tiny_detector
+    run = tmp_path / "run"
+    shutil.copytree(folder / "run", run)
+    refused = runner.invoke(app, ["export", str(run), "--calibration", str(phantom / "test")])
+    assert refused.exit_code == 2 and "--calibration is for --int8" in refused.output
+    result = runner.invoke(app, ["export", str(run), "--int8", "--calibration", str(phantom / "test")])
+    assert result.exit_code == 0, result.output
+    record = json.loads(record_path(run / "weights" / "best.int8.onnx").read_text())
+    assert str(phantom / "test") in record["checked_on"]
+    out = tmp_path / "detect"
+    detected = runner.invoke(app, ["detect", str(phantom / "test"), "--weights", str(run), "--out", str(out),
+                                   "--runtime", "onnx-int8", "--no-progress", "--conf", "0.0001"])
+    assert detected.exit_code == 0, detected.output
+    assert (out / "detections.csv").is_file()
+
+
+def test_analyzer_onnx_int8_probabilities_near_torch(exported_classifier, tmp_path):
+    """The classifier reads the int8 detector's pooled features: its probabilities move, within what the int8
+    feature tolerance allows on these phantoms (the CNN and the head are the fp32 graphs)."""
+    from hybridcxr.export.onnx import export_run
+
+    phantom, run, _ = exported_classifier
+    run = copy_run(run, tmp_path)
+    export_run(run, int8=True)
+    paths = sorted((phantom / "test").glob("*.dicom"))
+    ours = list(Analyzer(run, runtime="onnx-int8").analyze_paths(paths))
+    theirs = list(Analyzer(run, device="cpu").analyze_paths(paths))
+    diffs = [abs(a - b) for x, y in zip(ours, theirs, strict=True)
+             for a, b in zip(x.probabilities.values(), y.probabilities.values())]
+    assert max(diffs) < 0.1
