@@ -7,6 +7,10 @@ within :data:`~hybridcxr.export.record.TOLERANCE`. :class:`OnnxBackbone` embeds 
 :func:`~hybridcxr.classify.backbone.embed` does (the CNN's own pixel preparation, then the graph), and
 :class:`OnnxHead` gives the fusion head's logits; calibration, thresholds and the lung model stay as they are.
 
+``--runtime onnx-int8`` is the same with the detector's int8 graph (``best.int8.onnx``, made by
+``hybridcxr export --int8``; :mod:`hybridcxr.export.quantize`): its outputs are within that module's looser
+int8 tolerance, and the classifier's probabilities move with the int8 pooled features.
+
 Every file is checked against its export record before a session opens (:func:`~hybridcxr.export.record.check_export`):
 a stale or changed ONNX file is refused with its name. The PyTorch models are loaded too: the checks that a
 classifier run's parts belong together read their weights, and Grad-CAM heatmaps need the CNN's gradients.
