@@ -2,11 +2,11 @@
 ``onnx-int8``, in one run, with how far the int8 probabilities and decisions move.
 
     python tools/bench_int8.py --demo demo-out            # a finished `hybridcxr demo`: its classifier, test phantoms
-    python tools/bench_int8.py --run RUN --prepared PREPARED --images DIR [--split test] [--out runs/bench_int8]
+    python tools/bench_int8.py --run RUN --prepared PREPARED [--split test] [--out runs/bench_int8]
 
 Exports the run (fp32 and ``--int8``, calibrated on the detector's training images) unless its exports are
-current, then, for each runtime, runs ``detect --classifier`` and ``classify`` on ``--images`` (the split's
-original files, never trained on) as a user would, scores the detections against the prepared boxes of
+current, then, for each runtime, runs ``detect --classifier`` and ``classify`` on the split's original files
+(the prepared manifest's ``path`` of each image of ``--split``, never trained on) as a user would, scores the detections against the prepared boxes of
 ``--split`` (VinDr mAP@0.4, gated and ungated) and the probabilities against its labels (per-class AUROC,
 macro mean over the findings with both labels present). Speed is `bench_detector.py`'s and
 `bench_classifier.py`'s business; this prints accuracy only.
@@ -33,17 +33,25 @@ def exported(run: Path) -> None:
         print(export_run(run, int8=True))
 
 
-def run_runtime(run: Path, images: Path, out: Path, runtime: str, prepared: Path, split: str) -> dict:
-    """detect (gated) and classify on ``images`` with ``runtime``; mAP@0.4 and the predictions table."""
+def split_files(prepared: Path, split: str) -> list[Path]:
+    """The original files of the images of ``split`` (the prepared manifest's ``path`` column)."""
+    from hybridcxr.classify.train import read_manifest
+
+    manifest = read_manifest(prepared)
+    return [Path(p) for p in manifest.loc[manifest["split"] == split, "path"]]
+
+
+def run_runtime(run: Path, images: list[Path], out: Path, runtime: str, prepared: Path, split: str) -> dict:
+    """detect (gated) and classify ``images`` with ``runtime``; mAP@0.4 and the predictions table."""
     import pandas as pd
 
     from hybridcxr.detect.evaluate import evaluate_gating
     from hybridcxr.pipeline import Analyzer, classify_files, detect_files
 
     analyzer = Analyzer(run, runtime=runtime)
-    detect_files([images], analyzer.detector, out / "detect", progress=False, analyzer=analyzer)
+    detect_files(images, analyzer.detector, out / "detect", progress=False, analyzer=analyzer)
     reports = evaluate_gating(out / "detect", prepared, split=split)
-    classify_files([images], analyzer, out / "classify", progress=False)
+    classify_files(images, analyzer, out / "classify", progress=False)
     table = pd.read_csv(out / "classify" / "predictions.csv", dtype={"image_id": str}).set_index("image_id")
     return {"gated": reports["gated"].map, "ungated": reports["ungated"].map, "table": table,
             "findings": list(analyzer.findings)}
@@ -69,22 +77,22 @@ def main() -> None:
     import numpy as np
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo", type=Path, help="A `hybridcxr demo` output folder (sets the three below).")
+    parser.add_argument("--demo", type=Path, help="A `hybridcxr demo` output folder (sets the two below).")
     parser.add_argument("--run", type=Path, help="The classifier run.")
-    parser.add_argument("--prepared", type=Path, help="Its prepared dataset (boxes and labels of --split).")
-    parser.add_argument("--images", type=Path, help="The original files of --split.")
+    parser.add_argument("--prepared", type=Path, help="Its prepared dataset (files, boxes and labels of --split).")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_int8"))
     args = parser.parse_args()
     if args.demo is not None:
-        args.run, args.prepared, args.images = args.demo / "classifier", args.demo / "prepared", args.demo / "phantom" / "test"
-    if None in (args.run, args.prepared, args.images):
-        parser.error("give --demo, or --run, --prepared and --images")
+        args.run, args.prepared = args.demo / "classifier", args.demo / "prepared"
+    if None in (args.run, args.prepared):
+        parser.error("give --demo, or --run and --prepared")
     exported(args.run)
-    results = {rt: run_runtime(args.run, args.images, args.out / rt, rt, args.prepared, args.split) for rt in RUNTIMES}
+    images = split_files(args.prepared, args.split)
+    results = {rt: run_runtime(args.run, images, args.out / rt, rt, args.prepared, args.split) for rt in RUNTIMES}
     ref = results["torch"]
     findings = ref["findings"]
-    print(f"\n{args.run} on split '{args.split}' of {args.prepared} ({args.images}):")
+    print(f"\n{args.run} on split '{args.split}' of {args.prepared} ({len(images)} original files):")
     print("| runtime | mAP@0.4 gated | mAP@0.4 ungated | macro AUROC | largest probability difference from torch "
           "| decisions unlike torch |")
     print("|---|---|---|---|---|---|")

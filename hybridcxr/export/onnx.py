@@ -36,7 +36,7 @@ import torch
 from hybridcxr.detect.features import pooled_outputs
 from hybridcxr.errors import ConfigError, InputError, OutputError, guarded_warnings
 from hybridcxr.export.quantize import (
-    CHECK, INT8_TOLERANCE, calibration_files, letterboxed, quantize_detector,
+    CHECK, FP32_LEADING, INT8_TOLERANCE, calibration_files, letterboxed, quantize_detector,
 )
 from hybridcxr.export.record import KIND, RECORD_VERSION, TOLERANCE, record_path
 from hybridcxr.export.runtime import (
@@ -154,21 +154,30 @@ def export_detector_int8(weights: Path, calibration: Path | None = None) -> Expo
     torch_detector = Detector.load(weights, device="cpu")
     calibrate, held_out = calibration_files(torch_detector.card, weights, calibration)
     images, check_images = letterboxed(torch_detector, calibrate), letterboxed(torch_detector, held_out)
-    detect_layer = len(torch_detector.model.model) - 1
+    detect_layer, imgsz = len(torch_detector.model.model) - 1, torch_detector.imgsz
+    expected, tried = torch_detector.forward(check_images, True), {}
 
-    def write(tmp: Path) -> None:
-        quantize_detector(fp32, tmp, images, detect_layer, DETECTOR_INPUT)
+    def write(tmp: Path) -> None:  # accuracy first: the fewest fp32 layers that keep the check
+        for leading in FP32_LEADING:
+            quantize_detector(fp32, tmp, images, detect_layer, DETECTOR_INPUT, leading)
+            onnx_detector = OnnxDetector(torch_detector, open_session(tmp), {})
+            tried.update(leading=leading, measured=INT8_TOLERANCE.measure(
+                onnx_detector.forward(check_images, True), expected, imgsz))
+            if not INT8_TOLERANCE.failures(tried["measured"]):
+                return
+        beyond = ", ".join(f"{k} {tried['measured'][k]:.3g} > {getattr(INT8_TOLERANCE, k):g}"
+                           for k in INT8_TOLERANCE.failures(tried["measured"]))
+        raise OutputError(detector_onnx(weights, int8=True), f"not written: beyond the int8 tolerance on "
+                          f"{len(held_out)} held-out images even with the first {leading} layers in fp32 ({beyond}); "
+                          "this detector keeps to fp32 (--runtime onnx)")
 
     def judge(tmp: Path) -> tuple[dict[str, float], list[str]]:
-        onnx_detector = OnnxDetector(torch_detector, open_session(tmp), {})
-        measured = INT8_TOLERANCE.measure(onnx_detector.forward(check_images, True),
-                                          torch_detector.forward(check_images, True), torch_detector.imgsz)
-        return measured, INT8_TOLERANCE.failures(measured)
+        return tried["measured"], INT8_TOLERANCE.failures(tried["measured"])
 
     where = f"{len(held_out)} held-out images ({held_out[0].parent}); calibrated on {len(calibrate)} " \
             f"({calibrate[0].parent})"
     done = _write_judged(detector_onnx(weights, int8=True), "detector", weights, write, judge,
-                         INT8_TOLERANCE.as_dict(), where)
+                         INT8_TOLERANCE.as_dict(), where, {"fp32_layers": list(range(tried.get("leading", 0)))})
     return Exported(done.model, done.path, done.max_abs_diff, int8=True)
 
 
@@ -312,9 +321,10 @@ def _write_checked(dest: Path, name: str, source: Path, write: Callable[[Path], 
 
 def _write_judged(dest: Path, name: str, source: Path, write: Callable[[Path], None],
                   judge: Callable[[Path], tuple[dict[str, float], list[str]]], tolerance: dict[str, Any],
-                  checked_on: str) -> Exported:
+                  checked_on: str, extra: Mapping[str, Any] | None = None) -> Exported:
     """Write an ONNX file with ``write(tmp)``; ``judge(tmp)`` gives its measured differences from PyTorch and
-    the names of those beyond ``tolerance``. Only a file with none beyond goes in place, with its record."""
+    the names of those beyond ``tolerance``. Only a file with none beyond goes in place, with its record
+    (``extra``: more fields for it)."""
     import onnx
 
     with atomic_path(dest) as tmp:
@@ -331,7 +341,7 @@ def _write_judged(dest: Path, name: str, source: Path, write: Callable[[Path], N
             "inputs": [i.name for i in graph.input], "outputs": [o.name for o in graph.output], "opset": OPSET,
             "tolerance": tolerance, "max_abs_diff": diffs, "checked_on": checked_on,
             "versions": {p: version(p) for p in ("hybridcxr", "torch", "ultralytics", "onnx", "onnxruntime")},
-            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
         }
         record_path(dest).unlink(missing_ok=True)  # just before the new file goes in: no old record vouches for it
     write_json(record_path(dest), record)

@@ -143,3 +143,29 @@ def test_analyzer_onnx_int8_probabilities_near_torch(exported_classifier, tmp_pa
     diffs = [abs(a - b) for x, y in zip(ours, theirs, strict=True)
              for a, b in zip(x.probabilities.values(), y.probabilities.values())]
     assert max(diffs) < 0.1
+
+
+def test_first_layers_kept_fp32_on_request(exported_detector):
+    _, run, _ = exported_detector
+    graph = onnx.load(str(run / "weights" / "best.onnx")).graph
+    layer = len(Detector.load(run, device="cpu").model.model) - 1
+    extra = set(kept_fp32(graph, layer, leading=2)) - set(kept_fp32(graph, layer))
+    assert extra == {n.name for n in graph.node if n.name.startswith(("/model.0/", "/model.1/"))} and extra
+
+
+def test_an_int8_graph_beyond_the_tolerance_is_not_written(exported_detector, tmp_path, monkeypatch):
+    """Every fallback tried (more of the first layers in fp32), none within a tolerance no int8 graph meets:
+    the error says so and nothing is left behind."""
+    from hybridcxr.errors import OutputError
+    from hybridcxr.export import onnx as exporter
+
+    run = copy_run(exported_detector[1], tmp_path)
+    tried = []
+    real = exporter.quantize_detector
+    monkeypatch.setattr(exporter, "quantize_detector", lambda *a: tried.append(a[-1]) or real(*a))
+    monkeypatch.setattr(exporter, "INT8_TOLERANCE", Int8Tolerance(features=1e-12))
+    with pytest.raises(OutputError, match=r"best\.int8\.onnx: not written: beyond the int8 tolerance on \d+ held-out "
+                                          r"images even with the first 6 layers in fp32 \(features .* > 1e-12\)"):
+        exporter.export_detector_int8(run / "weights" / "best.safetensors")
+    assert tried == [0, 2, 4, 6]
+    assert sorted(p.name for p in (run / "weights").iterdir() if "int8" in p.name) == []
