@@ -138,30 +138,38 @@ class Analyzer:
             with torch.inference_mode():
                 probs = calibrated(self.head(inputs).numpy(), self.temperatures, self.biases)
         out = []
-        for d, p, age, sex, m in zip(detections, probs, ages, sexes, measures):
+        gated = self._gated(detections, probs)
+        for p, age, sex, m, (g, raw, rows) in zip(probs, ages, sexes, measures, gated):
             scores = {f: float(v) for f, v in zip(self.findings, p)}
             decisions = {f: None if f in self.unlearned else scores[f] >= self.thresholds[f] for f in self.findings}
-            gated, raw, rows = self._gated(d, p)
-            out.append(Analysis(gated, scores, decisions, age, sex, m, raw, rows))
+            out.append(Analysis(g, scores, decisions, age, sex, m, raw, rows))
         return out
 
-    def _gated(self, detection: Detection, probs: np.ndarray
-               ) -> tuple[Detection, pd.DataFrame | None, pd.DataFrame | None]:
-        """The detection with its boxes after the run's gating rule, the detector's own boxes and the gated
-        submission rows (both None when the run does not gate)."""
+    def _gated(self, detections: Sequence[Detection], probs: np.ndarray
+               ) -> list[tuple[Detection, pd.DataFrame | None, pd.DataFrame | None]]:
+        """Per detection: it with its boxes after the run's gating rule, the detector's own boxes and the gated
+        submission rows (both None when the run does not gate). One gating pass for the batch (pandas costs
+        per call, not per row: per image it took a fifth of ``classify``'s time); per image where ids repeat."""
         if self.gating is None:
-            return detection, None, None
+            return [(d, None, None) for d in detections]
+        ids = [d.radiograph.image_id for d in detections]
+        if len(set(ids)) < len(ids):
+            return [self._gated([d], p[None])[0] for d, p in zip(detections, probs)]
         from hybridcxr.classify.gate import probability_table
         from hybridcxr.detect.gating import gate
         from hybridcxr.detect.predict import PREDICTION_COLUMNS
         from hybridcxr.findings import NO_FINDING
 
-        image_id = detection.radiograph.image_id
-        table = probability_table([image_id], probs[None], self.findings, self.unlearned)
-        rows = gate(detection.boxes, table, self.gating, [image_id])
-        boxes = rows.loc[rows["finding"] != NO_FINDING, PREDICTION_COLUMNS]
-        boxes = boxes.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
-        return Detection(detection.radiograph, boxes, detection.features), detection.boxes, rows
+        table = probability_table(ids, probs, self.findings, self.unlearned)
+        rows = gate(pd.concat([d.boxes for d in detections], ignore_index=True), table, self.gating, ids)
+        order = rows["image_id"].map({i: k for k, i in enumerate(ids)}).to_numpy(dtype=int)  # gate keeps ids' order
+        lesions = (rows["finding"] != NO_FINDING).to_numpy()
+        ranked = np.lexsort((-rows["score"].to_numpy(dtype=float)[lesions], order[lesions]))  # stable: ties keep order
+        boxes = rows.loc[lesions, PREDICTION_COLUMNS].iloc[ranked]
+        row_ends, box_ends = (np.searchsorted(o, np.arange(len(ids) + 1)) for o in (order, order[lesions][ranked]))
+        return [(Detection(d.radiograph, boxes.iloc[box_ends[k]:box_ends[k + 1]].reset_index(drop=True), d.features),
+                 d.boxes, rows.iloc[row_ends[k]:row_ends[k + 1]].reset_index(drop=True))
+                for k, d in enumerate(detections)]
 
     def submission_rows(self, analysis: Analysis) -> pd.DataFrame:
         """One image's boxes as a submission holds them under the run's gating rule (ungated without one): its

@@ -259,11 +259,12 @@ class Detector:
     def _frame(self, image_id: str, det: np.ndarray) -> pd.DataFrame:
         """A prediction box table of one image, highest score first."""
         det = det[np.argsort(-det[:, 4], kind="stable")]
+        numbers = det[:, [4, 0, 1, 2, 3]].astype(np.float64).T  # float64 columns as built: no astype copy after
         return pd.DataFrame({
             "image_id": image_id,
             "finding": np.array(self.findings, dtype=object)[det[:, 5].astype(int)],
-            "score": det[:, 4], "x_min": det[:, 0], "y_min": det[:, 1], "x_max": det[:, 2], "y_max": det[:, 3],
-        }, columns=PREDICTION_COLUMNS).astype({c: float for c in PREDICTION_COLUMNS[2:]})
+            **dict(zip(PREDICTION_COLUMNS[2:], numbers)),
+        }, columns=PREDICTION_COLUMNS)
 
 
 __all__ = ["Detection", "Detector", "PREDICTION_COLUMNS", "Prepared", "letterbox"]

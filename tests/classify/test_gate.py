@@ -16,10 +16,11 @@ from hybridcxr.analyzer import Analyzer
 from hybridcxr.classify.gate import probability_table, val_detections
 from hybridcxr.cli import app
 from hybridcxr.detect.evaluate import evaluate_detector, evaluate_gating
-from hybridcxr.detect.gating import GatingRule
-from hybridcxr.detect.predict import Detection, Detector
+from hybridcxr.detect.gating import GatingRule, gate
+from hybridcxr.detect.predict import PREDICTION_COLUMNS, Detection, Detector
 from hybridcxr.errors import InputError
 from hybridcxr.findings import NO_FINDING
+from hybridcxr.io import read_radiograph
 
 RULE = GatingRule("abnormal", 1.0, 0.01, "classifier")
 
@@ -164,3 +165,26 @@ def test_detect_refuses_another_detector_than_the_runs(tiny_classifier, gated_ru
         open_detector(other, gated_run, None)
     detector, analyzer = open_detector(gated_run / "detector", gated_run, None)
     assert analyzer is not None and detector is analyzer.detector
+
+
+def test_a_batch_is_gated_as_its_images_one_by_one(tiny_classifier, gated_run, monkeypatch: pytest.MonkeyPatch):
+    """The Analyzer gates a batch in one pass: each image's boxes and rows are what gating it alone gives."""
+    folder, _, _ = tiny_classifier
+    images = sorted((folder / "prepared" / "images" / "test").glob("*.png"))
+    assert len(images) >= 2
+    _with_boxes(monkeypatch)
+    analyzer = Analyzer(gated_run)
+    detections = analyzer.detector.predict([read_radiograph(p) for p in images], features=True)
+    probs = np.array([list(a.probabilities.values()) for a in analyzer.analyze(detections)])
+    together = analyzer._gated(detections, probs)
+    for d, p, (gated, raw, rows) in zip(detections, probs, together, strict=True):
+        image_id = d.radiograph.image_id
+        table = probability_table([image_id], p[None], analyzer.findings, analyzer.unlearned)
+        alone = gate(d.boxes, table, RULE, [image_id])  # the image gated alone, its boxes ranked by score
+        pd.testing.assert_frame_equal(rows, alone)
+        expected = alone.loc[alone["finding"] != NO_FINDING, PREDICTION_COLUMNS]
+        expected = expected.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+        pd.testing.assert_frame_equal(gated.boxes, expected)
+        assert raw is d.boxes and len(expected) >= 2
+    twice = analyzer._gated([detections[0], detections[0]], probs[[0, 0]])  # one id twice: gated one by one
+    pd.testing.assert_frame_equal(twice[1][2], together[0][2])
