@@ -231,8 +231,11 @@ def train_classifier_cmd(
         settings = read_config_file(config_file) if config_file is not None else {}
         config = classifier_config({**settings, **parse_overrides(overrides or [])})
         card = train_classifier(data, detector, out_dir, config, progress=show_progress(progress))
+    from hybridcxr.detect.gating import gating_summary
+
     out.print(f"Classifier trained: validation macro AUROC {card['val_macro_auroc']:.4f} at epoch "
               f"{card['best_epoch']}; run folder {out_dir}", highlight=False)
+    out.print(gating_summary(card.get("gating") or {}), highlight=False)
 
 
 @app.command()

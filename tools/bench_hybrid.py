@@ -78,9 +78,9 @@ def gated_vs_ungated(name: str, prepared: Path, cls: Path, out: Path) -> dict[st
     card = json.loads((cls / "model" / "card.json").read_text())
     gating = card.get("gating") or {}
     print(f"\n## {name}: test split, {reports['gated'].n_images} images\n")
-    print(f"rule chosen on val: {gating.get('description', gating.get('reason'))} "
-          f"(val mAP@0.4 ungated {gating.get('val_map_ungated', float('nan')):.4f}, "
-          f"gated {gating.get('val_map', float('nan')):.4f})")
+    from hybridcxr.detect.gating import gating_summary
+
+    print(gating_summary(gating))
     print(comparison_markdown(reports))
     result = {"ungated": reports["ungated"].map, "gated": reports["gated"].map}
     print(f"RESULT {name} test mAP@0.4: detector alone {result['ungated']:.4f}, gated by the classifier "

@@ -14,7 +14,7 @@ this module is that combination, as one documented rule (:class:`GatingRule`):
 
 The rule is chosen on the validation split of the classifier's training data (:func:`choose_rule`: every
 candidate of :func:`candidate_rules` is scored by VinDr mAP@0.4 on the validation images and the best one is
-kept; a candidate must beat the ungated detector to be chosen), stored in the classifier run's card, and
+kept where it beats the ungated detector there, its gain's spread over image resamples recorded beside it), stored in the classifier run's card, and
 applied by ``detect --classifier RUN``, ``classify``, the Analyzer and the service.
 """
 
@@ -135,33 +135,68 @@ def gate(boxes: pd.DataFrame, probabilities: pd.DataFrame, rule: GatingRule,
 
 @dataclass(frozen=True)
 class GatingChoice:
-    """The rule chosen on validation, with what it and the ungated detector scored there."""
+    """The rule chosen on validation, with what it and the ungated detector scored there.
+
+    ``gain``: where a rule beat the ungated detector, how sure the validation split is of it: the paired mAP
+    gain over :data:`~hybridcxr.detect.bootstrap.N_BOOT` image resamples (:mod:`hybridcxr.detect.bootstrap`),
+    as its 5th percentile, median, 95th percentile and the share of resamples where it is above 0; else None.
+    """
 
     rule: GatingRule
     val_map: float
     val_map_ungated: float
     table: pd.DataFrame  # every candidate: scale, power, floor, no_finding, val_map
+    gain: dict[str, float] | None = None
 
     def card(self, *, iou_thr: float, conf: float, n_images: int) -> dict[str, object]:
         """What the classifier card stores under ``gating``."""
-        return {"rule": self.rule.to_dict(), "description": self.rule.describe(), "chosen_on": "val",
-                "val_map": round(self.val_map, 6), "val_map_ungated": round(self.val_map_ungated, 6),
-                "iou_thr": iou_thr, "conf": conf, "val_images": n_images, "candidates": len(self.table)}
+        entry: dict[str, object] = {
+            "rule": self.rule.to_dict(), "description": self.rule.describe(), "chosen_on": "val",
+            "val_map": round(self.val_map, 6), "val_map_ungated": round(self.val_map_ungated, 6),
+            "iou_thr": iou_thr, "conf": conf, "val_images": n_images, "candidates": len(self.table)}
+        if self.gain is not None:
+            entry["val_gain_resampled"] = {k: round(v, 6) for k, v in self.gain.items()}
+        return entry
+
+
+def gating_summary(entry: Mapping[str, object]) -> str:
+    """One line on a card's ``gating`` entry: the rule, its validation mAP against the ungated detector's and,
+    for a chosen rule, how sure the split is of the gain (its spread over image resamples)."""
+    if entry.get("rule") is None:
+        return f"gating: none ({entry.get('reason', 'no rule')})"
+    line = (f"gating: {entry['description']} (val mAP@0.4 {float(entry['val_map']):.4f}, ungated "
+            f"{float(entry['val_map_ungated']):.4f}")
+    gain = entry.get("val_gain_resampled")
+    if isinstance(gain, Mapping):
+        line += (f"; gain over {int(gain['resamples'])} image resamples {gain['p5']:+.4f} to {gain['p95']:+.4f} "
+                 f"(5th-95th percentile), above 0 in {gain['positive']:.0%}")
+    return line + ")"
 
 
 def choose_rule(boxes: pd.DataFrame, probabilities: pd.DataFrame, truth: pd.DataFrame, image_ids: Sequence[str],
                 findings: Sequence[str], *, iou_thr: float = 0.4,
                 rules: Sequence[GatingRule] | None = None) -> GatingChoice:
     """Score every candidate rule by mAP@``iou_thr`` on ``image_ids`` (the validation images) and keep the best;
-    a rule must beat the ungated detector (the first candidate) by more than 1e-9 to replace it."""
+    a rule must beat the ungated detector (the first candidate) by more than 1e-9 to replace it. A chosen
+    rule's gain comes with its spread over image resamples (:attr:`GatingChoice.gain`): on a few dozen images
+    a gain can be one image's luck, and the card says how likely."""
+    from hybridcxr.detect.bootstrap import N_BOOT, paired_gain
+
     rules = list(rules or candidate_rules())
     ids = [str(i) for i in image_ids]
-    scores = []
+    scores, tables = [], []
     for rule in rules:
         gated = gate(boxes, probabilities, rule, ids).drop(columns="detector_score")
         report = evaluate_detections(gated, truth, findings, ids, iou_thr, "val", fp_rates=())
         scores.append(report.map)
+        tables.append(gated)
     values = np.nan_to_num(np.asarray(scores, dtype=float), nan=-1.0)
     best = int(np.argmax(values)) if values.max() > values[0] + 1e-9 else 0
     table = pd.DataFrame([{**r.to_dict(), "val_map": s} for r, s in zip(rules, scores)])
-    return GatingChoice(rules[best], float(scores[best]), float(scores[0]), table)
+    gain = None
+    if best:
+        gains = paired_gain(tables[best], tables[0], truth, findings, ids, iou_thr)
+        p5, median, p95 = (float(q) for q in np.quantile(gains, [0.05, 0.5, 0.95]))
+        gain = {"p5": p5, "median": median, "p95": p95, "positive": float(np.mean(gains > 0)),
+                "resamples": float(N_BOOT)}
+    return GatingChoice(rules[best], float(scores[best]), float(scores[0]), table, gain)

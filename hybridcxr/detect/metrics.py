@@ -332,6 +332,22 @@ def evaluate_detections(
     )
 
 
+def class_matches(pred: pd.DataFrame, truth: pd.DataFrame, findings: Sequence[str], image_ids: Iterable[str],
+                  iou_thr: float = 0.4) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per class (with "No finding"), how VinDr's mAP (VOC2010) matches it: the image codes of its predictions,
+    best score first, their true-positive flags, and the image codes of its truth boxes. Codes index the
+    evaluated ids sorted, as :func:`evaluate_detections` ranks them; what a resampling of images needs
+    (:mod:`hybridcxr.detect.bootstrap`), since a match never crosses images."""
+    data = _Prepared.build(pred, truth, image_ids)
+    out = {}
+    for finding in _classes(findings, include_no_finding=True):
+        pred_img, boxes, scores, gt_img, gt_boxes = data.select(finding)
+        order = np.lexsort((np.arange(len(scores)), pred_img, -scores))  # _match's own order
+        _, tp = _match(pred_img, boxes, scores, gt_img, gt_boxes, iou_thr, "voc2010")
+        out[finding] = (pred_img[order], tp, gt_img)
+    return out
+
+
 def parse_submission(path_or_frame: str | Path | pd.DataFrame, findings: Sequence[str] = VINDR_CXR) -> pd.DataFrame:
     """Read a Kaggle submission (``image_id,PredictionString``) into a prediction box table.
 

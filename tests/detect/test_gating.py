@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hybridcxr.detect.gating import UNGATED, GatingRule, box_factors, candidate_rules, choose_rule, gate
+from hybridcxr.detect.gating import (
+    UNGATED, GatingRule, box_factors, candidate_rules, choose_rule, gate, gating_summary,
+)
 from hybridcxr.detect.metrics import add_no_finding, evaluate_detections
 from hybridcxr.findings import NO_FINDING
 
@@ -95,12 +97,20 @@ def _scene(seed: int = 0, n: int = 60) -> tuple[pd.DataFrame, pd.DataFrame, pd.D
     return _boxes(rows), probs, truth, ids
 
 
+def card_gain(choice):
+    return choice.card(iou_thr=0.4, conf=0.05, n_images=1)["val_gain_resampled"]
+
+
 def test_choice_on_validation_beats_the_ungated_detector_and_says_by_how_much():
     boxes, probs, truth, ids = _scene()
     choice = choose_rule(boxes, probs, truth, ids, [NODULE])
     ungated = evaluate_detections(add_no_finding(boxes, ids), truth, [NODULE], ids).map
     assert choice.val_map_ungated == pytest.approx(ungated)
     assert choice.rule.gated and choice.val_map > ungated + 0.05
+    gain = choice.gain  # 60 images: the gain survives resampling
+    assert gain is not None and 0 < gain["p5"] <= gain["median"] <= gain["p95"] and gain["positive"] == 1.0
+    assert card_gain(choice) == {k: round(v, 6) for k, v in gain.items()}
+    assert "above 0 in 100%)" in gating_summary(choice.card(iou_thr=0.4, conf=0.05, n_images=60))
     assert len(choice.table) == len(candidate_rules()) and choice.table["val_map"].max() == pytest.approx(choice.val_map)
     card = choice.card(iou_thr=0.4, conf=0.05, n_images=len(ids))
     assert GatingRule.from_dict(card["rule"]) == choice.rule and card["chosen_on"] == "val"
@@ -111,3 +121,5 @@ def test_an_uninformative_classifier_leaves_the_detector_ungated():
     flat = pd.DataFrame({NODULE: 0.5, NO_FINDING: 0.5}, index=ids)
     choice = choose_rule(boxes, flat, truth, ids, [NODULE], rules=[UNGATED, GatingRule(no_finding="classifier")])
     assert choice.rule == UNGATED and choice.val_map == choice.val_map_ungated
+    assert choice.gain is None and "resamples" not in gating_summary(choice.card(iou_thr=0.4, conf=0.05, n_images=60))
+    assert gating_summary({"rule": None, "reason": "gating=none"}) == "gating: none (gating=none)"
