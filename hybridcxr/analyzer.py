@@ -72,6 +72,8 @@ class Analyzer:
         self.head, self.config, self.card = load_checkpoint(layout.model)
         self.runtime = runtime
         self.detector: Detector = open_detector(layout.detector, device=device, runtime=runtime)
+        if runtime == "onnx-int8":
+            _warn_int8_drift(self.detector)
         info = self.card["backbone"]
         self.backbone = build_backbone(info["name"], layout.backbone, input_size=int(info["size"]))
         self.backbone = self.backbone.to(self.detector.device).eval()
@@ -228,3 +230,18 @@ def run_gating(card: Mapping[str, object], where: Path):
     except (TypeError, ValueError) as err:
         raise InputError(where, f"unreadable gating rule ({err})") from None
     return rule if rule.gated else None
+
+
+def _warn_int8_drift(detector: Detector) -> None:
+    """Warn once per load where the int8 detector's export measured the run's probabilities moving beyond the
+    advised bound (:mod:`hybridcxr.export.quantize`): its boxes are fine, its probabilities are not PyTorch's."""
+    import warnings
+
+    from hybridcxr.export.quantize import INT8_TOLERANCE
+
+    record = getattr(detector, "record", {})
+    moved = (record.get("max_abs_diff") or {}).get("probabilities")
+    if moved is not None and moved > INT8_TOLERANCE.advised_probabilities:
+        warnings.warn(f"{record.get('file', 'best.int8.onnx')}: with the detector in int8 this run's probabilities "
+                      f"moved by up to {moved:.3g} on its held-out images ({record.get('checked_on', '')}); "
+                      "--runtime onnx gives PyTorch's", UserWarning, stacklevel=3)
