@@ -56,7 +56,8 @@ class Analyzer:
 
     The CLI (``classify``) and the service call this same object, so they can never disagree. With
     ``runtime="onnx"`` the detector, the CNN and the head run in onnxruntime on the run's checked ONNX export
-    (:mod:`hybridcxr.export.runtime`; ``"onnx-int8"``: the detector's int8 graph); the lung model, calibration and thresholds are the same either way.
+    (:mod:`hybridcxr.export.runtime`; ``"onnx-int8"``: the detector's int8 graph); the lung model, calibration
+    and thresholds are the same either way.
     """
 
     def __init__(self, run: str | Path, device: str | None = None, runtime: str = "torch") -> None:
@@ -234,14 +235,14 @@ def run_gating(card: Mapping[str, object], where: Path):
 
 def _warn_int8_drift(detector: Detector) -> None:
     """Warn once per load where the int8 detector's export measured the run's probabilities moving beyond the
-    advised bound (:mod:`hybridcxr.export.quantize`): its boxes are fine, its probabilities are not PyTorch's."""
+    advised bound its record states (:mod:`hybridcxr.export.quantize`): its boxes are fine, its probabilities
+    are not PyTorch's."""
     import warnings
-
-    from hybridcxr.export.quantize import INT8_TOLERANCE
 
     record = getattr(detector, "record", {})
     moved = (record.get("max_abs_diff") or {}).get("probabilities")
-    if moved is not None and moved > INT8_TOLERANCE.advised_probabilities:
+    advised = (record.get("tolerance") or {}).get("advised_probabilities", 0.05)  # the bound the export stated
+    if moved is not None and moved > advised:
         warnings.warn(f"{record.get('file', 'best.int8.onnx')}: with the detector in int8 this run's probabilities "
                       f"moved by up to {moved:.3g} on its held-out images ({record.get('checked_on', '')}); "
                       "--runtime onnx gives PyTorch's", UserWarning, stacklevel=3)

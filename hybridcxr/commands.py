@@ -66,7 +66,7 @@ def errors() -> Iterator[None]:
 def open_detector(weights: Path | None, classifier: Path | None, device: str | None, runtime: str = "torch"):
     """``(detector, analyzer)`` of ``detect``: the detector of ``weights``, or with ``classifier`` that run's
     Analyzer and its detector (``weights``, when also given, must be that same detector); on ``runtime``
-    (torch, or onnx: :mod:`hybridcxr.export.runtime`)."""
+    (torch, onnx or onnx-int8: :mod:`hybridcxr.export.runtime`)."""
     from hybridcxr.detect.predict import Detector
     from hybridcxr.export.runtime import open_detector as load_detector
 

@@ -31,6 +31,10 @@ class PreparedLayout:
         """One row per image: split, labels, demographics, the cached PNG."""
         return self.root / "manifest.csv"
 
+    def images(self, split: str) -> Path:
+        """The prepared 8-bit PNGs of one split (``train``, ``val``, ``test``)."""
+        return self.root / "images" / split
+
     @property
     def boxes(self) -> Path:
         """The readers' boxes after fusion, in original pixels."""

@@ -25,8 +25,9 @@ SEED = 0
 
 def weighted_map(matches: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], weights: np.ndarray) -> np.ndarray:
     """``(B,)`` mAP of one prediction set under ``weights`` ``(B, n_images)``, each row how often every image
-    counts, columns in the order of the image ids sorted (the codes of ``matches``; all ones: the plain mAP). A class absent from a resample (no truth box drawn) is left out of that
-    resample's mean, as :func:`~hybridcxr.detect.metrics.evaluate_detections` leaves out classes without truth."""
+    counts, columns in the order of the image ids sorted (the codes of ``matches``; all ones: the plain mAP).
+    A class absent from a resample (no truth box drawn) is left out of that resample's mean, as
+    :func:`~hybridcxr.detect.metrics.evaluate_detections` leaves out classes without truth."""
     weights = np.atleast_2d(np.asarray(weights, dtype=float))
     aps = [_weighted_ap(pred_img, tp, gt_img, weights) for pred_img, tp, gt_img in matches.values()]
     stacked = np.vstack(aps) if aps else np.full((1, len(weights)), np.nan)
@@ -57,7 +58,7 @@ def _weighted_ap(pred_img: np.ndarray, tp: np.ndarray, gt_img: np.ndarray, weigh
 def paired_gain(better: pd.DataFrame, baseline: pd.DataFrame, truth: pd.DataFrame, findings: Sequence[str],
                 image_ids: Sequence[str], iou_thr: float = 0.4, n_boot: int = N_BOOT, seed: int = SEED) -> np.ndarray:
     """``(n_boot,)`` mAP@``iou_thr`` of ``better`` minus that of ``baseline`` on the same image resamples."""
-    ids = [str(i) for i in image_ids]
+    ids = list(dict.fromkeys(str(i) for i in image_ids))  # one weight column per image
     rng = np.random.default_rng(seed)
     weights = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=n_boot).astype(float)
     a, b = (weighted_map(class_matches(t, truth, findings, ids, iou_thr), weights) for t in (better, baseline))

@@ -342,8 +342,7 @@ def class_matches(pred: pd.DataFrame, truth: pd.DataFrame, findings: Sequence[st
     out = {}
     for finding in _classes(findings, include_no_finding=True):
         pred_img, boxes, scores, gt_img, gt_boxes = data.select(finding)
-        order = np.lexsort((np.arange(len(scores)), pred_img, -scores))  # _match's own order
-        _, tp = _match(pred_img, boxes, scores, gt_img, gt_boxes, iou_thr, "voc2010")
+        _, tp, order = _match(pred_img, boxes, scores, gt_img, gt_boxes, iou_thr, "voc2010")
         out[finding] = (pred_img[order], tp, gt_img)
     return out
 
@@ -571,8 +570,9 @@ def _per_class_ap(data: _Prepared, classes: Sequence[str], iou_thr: float, inter
 def _match(
     pred_img: np.ndarray, pred_boxes: np.ndarray, scores: np.ndarray,
     gt_img: np.ndarray, gt_boxes: np.ndarray, iou_thr: float, rule: Interpolation,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Match one class's predictions to its truth boxes; return (scores sorted descending, true-positive flags).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Match one class's predictions to its truth boxes; return (scores sorted descending, true-positive flags,
+    the sorting order: indices of the input predictions).
 
     Equal scores are taken in image id order, then in input order, so the same boxes give the same AP whether
     they come from detections.csv or from the submission (whose rows are ordered differently)."""
@@ -581,14 +581,14 @@ def _match(
     n = len(scores)
     tp = np.zeros(n, dtype=bool)
     if n == 0 or len(gt_img) == 0:
-        return scores, tp
+        return scores, tp, order
     g_order = np.argsort(gt_img, kind="stable")
     gt_img, gt_boxes = gt_img[g_order], gt_boxes[g_order]
     start = np.searchsorted(gt_img, pred_img, side="left")
     count = np.searchsorted(gt_img, pred_img, side="right") - start
     total = int(count.sum())
     if total == 0:
-        return scores, tp
+        return scores, tp, order
     pair_pred = np.repeat(np.arange(n), count)
     first_pair = np.cumsum(count) - count
     pair_gt = np.repeat(start, count) + (np.arange(total) - np.repeat(first_pair, count))
@@ -620,7 +620,7 @@ def _match(
                 tp[i] = True
     else:
         raise ValueError(f"interpolation must be 'voc2010' or 'coco101', not {rule!r}")
-    return scores, tp
+    return scores, tp, order
 
 
 def _ap_from_matches(tp: np.ndarray, n_gt: int, interpolation: Interpolation) -> float:
@@ -651,7 +651,7 @@ def _class_ap(data: _Prepared, finding: str, iou_thr: float, interpolation: Inte
     pred_img, pred_boxes, scores, gt_img, gt_boxes = data.select(finding)
     if len(gt_img) == 0:
         return math.nan
-    _, tp = _match(pred_img, pred_boxes, scores, gt_img, gt_boxes, iou_thr, interpolation)
+    _, tp, _ = _match(pred_img, pred_boxes, scores, gt_img, gt_boxes, iou_thr, interpolation)
     return _ap_from_matches(tp, len(gt_img), interpolation)
 
 
@@ -659,7 +659,7 @@ def _froc(data: _Prepared, findings: Sequence[str], fp_rates: Sequence[float], i
     all_scores, all_tp, n_gt = [], [], 0
     for finding in findings:
         pred_img, pred_boxes, scores, gt_img, gt_boxes = data.select(finding)
-        scores, tp = _match(pred_img, pred_boxes, scores, gt_img, gt_boxes, iou_thr, "voc2010")
+        scores, tp, _ = _match(pred_img, pred_boxes, scores, gt_img, gt_boxes, iou_thr, "voc2010")
         all_scores.append(scores)
         all_tp.append(tp)
         n_gt += len(gt_img)

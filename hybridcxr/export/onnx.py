@@ -162,19 +162,19 @@ def export_detector_int8(weights: Path, calibration: Path | None = None,
 
     def write(tmp: Path) -> None:  # accuracy first: the fewest fp32 layers that keep the check
         for leading in FP32_LEADING:
-            quantize_detector(fp32, tmp, images, detect_layer, DETECTOR_INPUT, leading)
-            onnx_detector = OnnxDetector(torch_detector, open_session(tmp), {})
+            try:
+                quantize_detector(fp32, tmp, images, detect_layer, DETECTOR_INPUT, leading)
+                onnx_detector = OnnxDetector(torch_detector, open_session(tmp), {})
+            except Exception as err:  # noqa: BLE001 - the quantiser's own errors: this attempt failed, try the next
+                tried.update(leading=leading, error=f"{type(err).__name__}: {str(err)[:200]}")
+                continue
             measured = INT8_TOLERANCE.measure(onnx_detector.forward(check_images, True), expected, imgsz)
             if drift is not None:
                 measured["probabilities"] = drift(onnx_detector, held_out)
-            tried.update(leading=leading, measured=measured)
+            tried.update(leading=leading, measured=measured, error=None)
             if not INT8_TOLERANCE.failures(measured):
                 return
-        beyond = ", ".join(f"{k} {tried['measured'][k]:.3g} > {getattr(INT8_TOLERANCE, k):g}"
-                           for k in INT8_TOLERANCE.failures(tried["measured"]))
-        raise OutputError(detector_onnx(weights, int8=True), f"not written: beyond the int8 tolerance on "
-                          f"{len(held_out)} held-out images even with the first {leading} layers in fp32 ({beyond}); "
-                          "this detector keeps to fp32 (--runtime onnx)")
+        raise OutputError(detector_onnx(weights, int8=True), _int8_refusal(tried, len(held_out)))
 
     def judge(tmp: Path) -> tuple[dict[str, float], list[str]]:
         return tried["measured"], INT8_TOLERANCE.failures(tried["measured"])
@@ -182,8 +182,19 @@ def export_detector_int8(weights: Path, calibration: Path | None = None,
     where = f"{len(held_out)} held-out images ({held_out[0].parent}); calibrated on {len(calibrate)} " \
             f"({calibrate[0].parent})"
     done = _write_judged(detector_onnx(weights, int8=True), "detector", weights, write, judge,
-                         INT8_TOLERANCE.as_dict(), where, {"fp32_layers": list(range(tried.get("leading", 0)))})
+                         INT8_TOLERANCE.as_dict(), where, lambda: {"fp32_layers": list(range(tried["leading"]))})
     return Exported(done.model, done.path, done.max_abs_diff, int8=True)
+
+
+def _int8_refusal(tried: Mapping[str, Any], n_images: int) -> str:
+    """Why no int8 graph was written: the last attempt's error, or what was beyond the tolerance."""
+    leading = tried.get("leading", 0)
+    if tried.get("error"):
+        return f"not written: quantising with the first {leading} layers in fp32 failed ({tried['error']})"
+    beyond = ", ".join(f"{k} {tried['measured'][k]:.3g} > {getattr(INT8_TOLERANCE, k):g}"
+                       for k in INT8_TOLERANCE.failures(tried["measured"]))
+    return (f"not written: beyond the int8 tolerance on {n_images} held-out images even with the first {leading} "
+            f"layers in fp32 ({beyond}); this detector keeps to fp32 (--runtime onnx)")
 
 
 def probability_drift(run: Path) -> Callable[[Any, list[Path]], float]:
@@ -347,10 +358,10 @@ def _write_checked(dest: Path, name: str, source: Path, write: Callable[[Path], 
 
 def _write_judged(dest: Path, name: str, source: Path, write: Callable[[Path], None],
                   judge: Callable[[Path], tuple[dict[str, float], list[str]]], tolerance: dict[str, Any],
-                  checked_on: str, extra: Mapping[str, Any] | None = None) -> Exported:
+                  checked_on: str, extra: Callable[[], Mapping[str, Any]] | None = None) -> Exported:
     """Write an ONNX file with ``write(tmp)``; ``judge(tmp)`` gives its measured differences from PyTorch and
     the names of those beyond ``tolerance``. Only a file with none beyond goes in place, with its record
-    (``extra``: more fields for it)."""
+    (``extra()``, called after the write: more fields for it)."""
     import onnx
 
     with atomic_path(dest) as tmp:
@@ -367,7 +378,7 @@ def _write_judged(dest: Path, name: str, source: Path, write: Callable[[Path], N
             "inputs": [i.name for i in graph.input], "outputs": [o.name for o in graph.output], "opset": OPSET,
             "tolerance": tolerance, "max_abs_diff": diffs, "checked_on": checked_on,
             "versions": {p: version(p) for p in ("hybridcxr", "torch", "ultralytics", "onnx", "onnxruntime")},
-            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra() if extra else {}),
         }
         record_path(dest).unlink(missing_ok=True)  # just before the new file goes in: no old record vouches for it
     write_json(record_path(dest), record)

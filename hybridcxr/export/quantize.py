@@ -80,6 +80,7 @@ class Int8Tolerance:
         return [k for k, v in measured.items() if k in ENFORCED and not v <= getattr(self, k)]
 
     def as_dict(self) -> dict[str, Any]:
+        """The tolerance as an export record stores it (``kind: int8`` tells it from the fp32 one)."""
         return {"kind": "int8", "scores": self.scores, "boxes": self.boxes, "features": self.features,
                 "scored": self.scored, "advised_probabilities": self.advised_probabilities}
 
@@ -98,8 +99,13 @@ def calibration_files(card: dict[str, Any], weights: Path, folder: Path | None =
             raise InputError(folder, f"--calibration needs at least 4 images (DICOM, PNG, JPEG); found {len(files)}")
         check = files[3::4][:CHECK]
         return [p for i, p in enumerate(files) if i % 4 != 3][:CALIBRATION], check
-    prepared = Path(str(card.get("data") or "")).parent
-    train, val = (sorted((prepared / "images" / split).glob("*.png")) for split in ("train", "val"))
+    from hybridcxr.layout import PreparedLayout
+
+    if not card.get("data"):
+        raise InputError(weights, "int8 export calibrates on the detector's training images, but its card names "
+                                  "no prepared dataset; pass --calibration DIR (images of the kind it will see)")
+    prepared = Path(str(card["data"])).parent
+    train, val = (sorted(PreparedLayout(prepared).images(split).glob("*.png")) for split in ("train", "val"))
     if not train or not val:
         raise InputError(weights, f"int8 export calibrates on the detector's training images, but {prepared} "
                                   "holds no prepared train and val images; pass --calibration DIR (images of the "
@@ -135,8 +141,9 @@ def quantize_detector(src: Path, dest: Path, images: np.ndarray, detect_layer: i
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batches = [{input_name: np.repeat(images[i:i + 8, None], 3, axis=1).astype(np.float32) / np.float32(255.0)}
-               for i in range(0, len(images), 8)]
+    from hybridcxr.export.runtime import detector_input
+
+    batches = [{input_name: detector_input(images[i:i + 8])} for i in range(0, len(images), 8)]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -146,9 +153,8 @@ def quantize_detector(src: Path, dest: Path, images: np.ndarray, detect_layer: i
             return next(self.batches, None)
 
     pre = dest.with_name(dest.name + ".pre.onnx")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the tool logs its notes ("Expected bias ... to be an initializer") on the root logger
+    root, notes = logging.getLogger(), _QuantiserNotes()
+    root.addFilter(notes)  # the tool logs notes ("Expected bias ... to be an initializer") on the root logger
     try:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         keep = kept_fp32(onnx.load(str(pre)).graph, detect_layer, leading)
@@ -156,5 +162,12 @@ def quantize_detector(src: Path, dest: Path, images: np.ndarray, detect_layer: i
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep)
     finally:
-        root.setLevel(level)
+        root.removeFilter(notes)
         pre.unlink(missing_ok=True)
+
+
+class _QuantiserNotes(logging.Filter):
+    """Drops the quantiser's own warnings and notes, only those (errors and other modules' records pass)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "quantization" not in record.pathname.replace("\\", "/")

@@ -99,9 +99,14 @@ class OnnxDetector(Detector):
 
     def forward(self, images: np.ndarray, features: bool = False) -> tuple[Any, np.ndarray | None]:
         """The graph on letterboxed ``(N, S, S)`` uint8 images, scaled as the PyTorch path scales them."""
-        x = np.ascontiguousarray(np.repeat(images[:, None], 3, axis=1), dtype=np.float32) / np.float32(255.0)
-        raw, pooled = self.session.run(list(DETECTOR_OUTPUTS), {DETECTOR_INPUT: x})
+        raw, pooled = self.session.run(list(DETECTOR_OUTPUTS), {DETECTOR_INPUT: detector_input(images)})
         return raw, pooled if features else None
+
+
+def detector_input(images: np.ndarray) -> np.ndarray:
+    """Letterboxed ``(N, S, S)`` uint8 images as the detector graph's ``(N, 3, S, S)`` float32 input in [0, 1]
+    (grey repeated to three channels, as the PyTorch path's ``forward`` feeds the network)."""
+    return np.ascontiguousarray(np.repeat(images[:, None], 3, axis=1), dtype=np.float32) / np.float32(255.0)
 
 
 def open_detector(weights: str | Path, device: str | None = None, runtime: str = "torch",

@@ -104,7 +104,8 @@ def create_app(run: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BY
             many images at the pixel limit (each holds a full-resolution image).
         batch_window_ms: milliseconds a batch waits for more requests after its first arrived (0 to 10000).
         max_batch: requests analyzed in one batch at most (1 to 64; 1: one at a time, batching off).
-        runtime: ``torch``, or ``onnx`` for onnxruntime on the run's ONNX export (``hybridcxr export``).
+        runtime: ``torch``, ``onnx`` for onnxruntime on the run's ONNX export (``hybridcxr export``), or
+            ``onnx-int8`` for the same with the detector in int8 (``hybridcxr export --int8``).
 
     Raises:
         InputError: ``run`` is not a usable classifier run folder.

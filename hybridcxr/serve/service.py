@@ -80,7 +80,7 @@ class AnalysisService:
             raise ValueError(f"max_upload_bytes and max_decodes must be positive, not {max_upload_bytes}, "
                              f"{max_decodes}")
         check_batching(batch_window_ms, max_batch)
-        self.analyzer = Analyzer(run, device=device, runtime=runtime)  # runtime: torch, or onnx (onnxruntime)
+        self.analyzer = Analyzer(run, device=device, runtime=runtime)  # runtime: torch, onnx, onnx-int8
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
         self.results = ResultStore(cache_size)

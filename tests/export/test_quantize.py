@@ -183,3 +183,40 @@ def test_an_int8_graph_beyond_the_tolerance_is_not_written(exported_detector, tm
         exporter.export_detector_int8(run / "weights" / "best.safetensors")
     assert tried == [0, 2, 4, 6]
     assert sorted(p.name for p in (run / "weights").iterdir() if "int8" in p.name) == []
+
+
+def test_the_fallback_that_passes_is_recorded(exported_detector, tmp_path, monkeypatch):
+    """The all-int8 graph misses the tolerance, the one with layers 0-1 in fp32 keeps it: that one is written,
+    and its record names the fp32 layers."""
+    from hybridcxr.export import onnx as exporter
+
+    class FirstMisses(Int8Tolerance):
+        def failures(self, measured):
+            attempts.append(1)
+            return ["features"] if len(attempts) == 1 else super().failures(measured)
+
+    attempts: list[int] = []
+    run = copy_run(exported_detector[1], tmp_path)
+    monkeypatch.setattr(exporter, "INT8_TOLERANCE", FirstMisses())
+    exporter.export_detector_int8(run / "weights" / "best.safetensors")
+    record = json.loads(record_path(run / "weights" / "best.int8.onnx").read_text())
+    assert record["fp32_layers"] == [0, 1]
+    graph = onnx.load(str(run / "weights" / "best.int8.onnx")).graph
+    quantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    first_conv = next(n for n in graph.node if n.name == "/model.0/conv/Conv")
+    assert first_conv.input[1] not in quantized and not first_conv.input[1].endswith("_DequantizeLinear_Output")
+
+
+def test_a_quantiser_failure_names_the_file(exported_detector, tmp_path, monkeypatch):
+    from hybridcxr.errors import OutputError
+    from hybridcxr.export import onnx as exporter
+
+    def broken(*args):
+        raise RuntimeError("calibration tensor missing")
+
+    run = copy_run(exported_detector[1], tmp_path)
+    monkeypatch.setattr(exporter, "quantize_detector", broken)
+    with pytest.raises(OutputError, match=r"best\.int8\.onnx: not written: quantising with the first 6 layers in "
+                                          r"fp32 failed \(RuntimeError: calibration tensor missing\)"):
+        exporter.export_detector_int8(run / "weights" / "best.safetensors")
+    assert not (run / "weights" / "best.int8.onnx").exists()
