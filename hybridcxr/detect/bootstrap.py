@@ -21,6 +21,7 @@ from hybridcxr.detect.metrics import class_matches
 
 N_BOOT = 200
 SEED = 0
+CELLS = 2_000_000  # (resample, prediction) cells computed at once
 
 
 def weighted_map(matches: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], weights: np.ndarray) -> np.ndarray:
@@ -29,12 +30,20 @@ def weighted_map(matches: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]
     A class absent from a resample (no truth box drawn) is left out of that resample's mean, as
     :func:`~hybridcxr.detect.metrics.evaluate_detections` leaves out classes without truth."""
     weights = np.atleast_2d(np.asarray(weights, dtype=float))
-    aps = [_weighted_ap(pred_img, tp, gt_img, weights) for pred_img, tp, gt_img in matches.values()]
+    aps = [_chunked_ap(pred_img, tp, gt_img, weights) for pred_img, tp, gt_img in matches.values()]
     stacked = np.vstack(aps) if aps else np.full((1, len(weights)), np.nan)
     present = ~np.isnan(stacked)
     counts = present.sum(axis=0)
     total = np.where(present, stacked, 0.0).sum(axis=0)
     return np.divide(total, counts, out=np.full(len(weights), np.nan), where=counts > 0)
+
+
+def _chunked_ap(pred_img: np.ndarray, tp: np.ndarray, gt_img: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """:func:`_weighted_ap` over blocks of weight rows, each at most :data:`CELLS` (resample, prediction) cells:
+    a VinDr-sized split (some 30,000 predictions of a class) stays within tens of MB."""
+    rows = max(1, CELLS // max(len(pred_img), 1))
+    return np.concatenate([_weighted_ap(pred_img, tp, gt_img, weights[i:i + rows])
+                           for i in range(0, len(weights), rows)])
 
 
 def _weighted_ap(pred_img: np.ndarray, tp: np.ndarray, gt_img: np.ndarray, weights: np.ndarray) -> np.ndarray:

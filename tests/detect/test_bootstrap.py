@@ -85,3 +85,14 @@ def test_choose_rule_says_when_a_gain_may_be_luck():
     card = choice.card(iou_thr=0.4, conf=0.05, n_images=12)
     assert card["val_gain_resampled"]["p5"] < 0 and card["val_gain_resampled"]["resamples"] == 200
     assert "(5th-95th percentile), above 0 in" in gating_summary(card)
+
+
+def test_blocks_of_resamples_give_what_one_block_gives(monkeypatch):
+    from hybridcxr.detect import bootstrap
+
+    pred, truth, ids = _scene()
+    matches = class_matches(pred, truth, FINDINGS, ids)
+    weights = np.random.default_rng(3).multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=7).astype(float)
+    whole = weighted_map(matches, weights)
+    monkeypatch.setattr(bootstrap, "CELLS", 10)  # one resample per block
+    assert np.array_equal(weighted_map(matches, weights), whole)
