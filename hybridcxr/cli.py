@@ -430,7 +430,7 @@ def export_cmd(
     run: Annotated[Path, typer.Argument(help="A classifier run (its detector, CNN and head) or a detector run.")],
     fmt: Annotated[str, typer.Option("--format", help="onnx (the only format so far).")] = "onnx",
     int8: Annotated[bool, typer.Option("--int8", help="Also the detector in int8 (for --runtime onnx-int8), calibrated and checked on real images.")] = False,
-    calibration: Annotated[Path | None, typer.Option(help="With --int8: a folder of images to calibrate and check on [the detector's prepared train and val images].")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="With --int8: a folder of images to calibrate and check on (default: the detector's prepared train and val images).")] = None,
 ) -> None:
     """Write the run's networks as ONNX beside their cards, each checked against PyTorch (see --runtime onnx)."""
     from hybridcxr.export.onnx import export_run
