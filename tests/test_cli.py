@@ -71,3 +71,11 @@ def test_prepare_findings_views_are_accepted(tmp_path, view):
     result = runner.invoke(app, ["prepare", "vindr-pcxr", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
                                  "--findings", view])
     assert result.exit_code == 1 and "image_labels_train.csv" in result.output  # past the check: no tables here
+
+
+def test_help_keeps_the_bracketed_defaults():
+    """Rich reads ``[word]`` as a style tag and drops it: every default in brackets must reach the help text."""
+    for command, text in ((["evaluate", "detector"], "[those predicted]"), (["prepare"], "[wbf]"),
+                          (["export"], "(default: the detector's prepared"), (["train", "detector"], "[yolov8n.yaml]")):
+        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "400"})
+        assert result.exit_code == 0 and text in result.output, (command, result.output[-800:])
