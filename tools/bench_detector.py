@@ -2,6 +2,7 @@
 
     python tools/bench_detector.py [--n 400] [--epochs 80] [--imgsz 320] [--out runs/bench_detector]
     python tools/bench_detector.py --only-runtime [--imgsz 320]      # 3. alone, on a detector trained 1 epoch
+    python tools/bench_detector.py --only-runtime --run RUN         # 3. alone, on a trained detector run
     python tools/bench_detector.py --only-train-speed [--n 240 --imgsz 192 --train-epochs 5]   # 4. alone
 
 1. Accuracy: writes phantom DICOMs, prepares them, trains YOLOv8n from scratch on the train split, runs
@@ -282,12 +283,13 @@ def main() -> None:
                         help="only 3.: ONNX against PyTorch and ultralytics (reuses --out's run, else trains 1 epoch)")
     parser.add_argument("--only-train-speed", action="store_true", help="only 4.: training images/s against ultralytics")
     parser.add_argument("--train-epochs", type=int, default=5, help="epochs each side trains in 4.")
+    parser.add_argument("--run", type=Path, help="with --only-runtime: time this trained detector run instead")
     args = parser.parse_args()
     if args.only_train_speed:
         training_speed(args)
         return
     if args.only_runtime:
-        runtime_speed(tiny_run(Path(args.out), args.imgsz), args)
+        runtime_speed(args.run or tiny_run(Path(args.out), args.imgsz), args)
         return
     run = Path(args.out) / "run" if args.skip_accuracy else accuracy(args)
     speed(run, args)
