@@ -152,6 +152,13 @@ def test_analyzer_onnx_int8_probabilities_measured_and_warned(exported_classifie
     diffs = [abs(a - b) for x, y in zip(ours, theirs, strict=True)
              for a, b in zip(x.probabilities.values(), y.probabilities.values())]
     assert max(diffs) < 0.1
+    from hybridcxr.serve.service import AnalysisService
+
+    service = AnalysisService(run, device="cpu", runtime="onnx-int8")  # the service takes the runtime too
+    with open(paths[0], "rb") as upload:
+        answer = service.analyze_upload(upload, "application/dicom")
+    served = {f["finding"]: f["probability"] for f in answer["findings"]}
+    assert served == pytest.approx({k: v for k, v in ours[0].probabilities.items() if k in served}, abs=1e-5)
     record["max_abs_diff"]["probabilities"] = 0.2  # as an export on a run whose head is sensitive would record
     record_file.write_text(json.dumps(record))
     with pytest.warns(UserWarning, match=r"best\.int8\.onnx: with the detector in int8 this run's probabilities "
