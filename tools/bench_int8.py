@@ -7,8 +7,8 @@
 Exports the run (fp32 and ``--int8``, calibrated on the detector's training images) unless its exports are
 current, then, for each runtime, runs ``detect --classifier`` and ``classify`` on the split's original files
 (the prepared manifest's ``path`` of each image of ``--split``, never trained on) as a user would, scores the
-detections against the prepared boxes of ``--split`` (VinDr mAP@0.4, gated and ungated) and the probabilities against its labels (per-class AUROC,
-macro mean over the findings with both labels present). Speed is `bench_detector.py`'s and
+detections against the prepared boxes of ``--split`` (VinDr mAP@0.4, gated and ungated) and the probabilities
+against its labels (per-class AUROC, macro mean over the findings with both labels present). Speed is `bench_detector.py`'s and
 `bench_classifier.py`'s business; this prints accuracy only.
 """
 

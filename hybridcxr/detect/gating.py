@@ -15,7 +15,8 @@ this module is that combination, as one documented rule (:class:`GatingRule`):
 The rule is chosen on the validation split of the classifier's training data (:func:`choose_rule`: every
 candidate of :func:`candidate_rules` is scored by VinDr mAP@0.4 on the validation images and the best one is
 kept where it beats the ungated detector there, its gain's spread over image resamples recorded beside it),
-stored in the classifier run's card, and applied by ``detect --classifier RUN``, ``classify``, the Analyzer and the service.
+stored in the classifier run's card, and applied by ``detect --classifier RUN``, ``classify``, the Analyzer and
+the service.
 """
 
 from __future__ import annotations
@@ -185,19 +186,18 @@ def choose_rule(boxes: pd.DataFrame, probabilities: pd.DataFrame, truth: pd.Data
     rules = list(rules or candidate_rules())
     ids = [str(i) for i in image_ids]
     scores: list[float] = []
-    ungated = best_table = None  # two tables kept, not every candidate's
+    top, tables = 0, {}  # the ungated table and the first best one: two kept, not every candidate's
     for k, rule in enumerate(rules):
         gated = gate(boxes, probabilities, rule, ids).drop(columns="detector_score")
         scores.append(evaluate_detections(gated, truth, findings, ids, iou_thr, "val", fp_rates=()).map)
-        values = np.nan_to_num(np.asarray(scores, dtype=float), nan=-1.0)
-        ungated = gated if k == 0 else ungated
-        best_table = gated if int(np.argmax(values)) == k else best_table  # the first best, as argmax below
+        if k == 0 or np.nan_to_num(scores[k], nan=-1.0) > np.nan_to_num(scores[top], nan=-1.0):
+            top, tables = k, {0: tables.get(0, gated), k: gated}
     values = np.nan_to_num(np.asarray(scores, dtype=float), nan=-1.0)
-    best = int(np.argmax(values)) if values.max() > values[0] + 1e-9 else 0
+    best = top if values[top] > values[0] + 1e-9 else 0
     table = pd.DataFrame([{**r.to_dict(), "val_map": s} for r, s in zip(rules, scores)])
     gain = None
     if best:
-        gains = paired_gain(best_table, ungated, truth, findings, ids, iou_thr)
+        gains = paired_gain(tables[best], tables[0], truth, findings, ids, iou_thr)
         p5, median, p95 = (float(q) for q in np.quantile(gains, [0.05, 0.5, 0.95]))
         gain = {"p5": p5, "median": median, "p95": p95, "positive": float(np.mean(gains > 0)),
                 "resamples": float(N_BOOT)}

@@ -145,18 +145,21 @@ def export_detector(weights: Path) -> Exported:
 
 
 def export_detector_int8(weights: Path, calibration: Path | None = None,
-                         drift: Callable[[Any, list[Path]], float] | None = None) -> Exported:
+                         drift: Callable[[Any, list[Any]], float] | None = None) -> Exported:
     """Write ``best.int8.onnx`` beside the detector's fp32 ``best.onnx`` (exported first): its int8 version,
     calibrated and checked on real images (:mod:`hybridcxr.export.quantize`) within :data:`INT8_TOLERANCE`;
     with ``drift`` (a classifier run's :func:`probability_drift`) the run's probabilities are measured too."""
     from hybridcxr.detect.predict import Detector
     from hybridcxr.export.record import check_export
+    from hybridcxr.io import read_radiograph
 
     fp32 = detector_onnx(weights)
     check_export(fp32, weights, "detector")
     torch_detector = Detector.load(weights, device="cpu")
     calibrate, held_out = calibration_files(torch_detector.card, weights, calibration)
-    images, check_images = letterboxed(torch_detector, calibrate), letterboxed(torch_detector, held_out)
+    check_radiographs = [read_radiograph(p) for p in held_out]  # decoded once: the check and the drift read them
+    images = letterboxed(torch_detector, [read_radiograph(p) for p in calibrate])
+    check_images = letterboxed(torch_detector, check_radiographs)
     detect_layer, imgsz = len(torch_detector.model.model) - 1, torch_detector.imgsz
     expected, tried = torch_detector.forward(check_images, True), {}
 
@@ -170,7 +173,7 @@ def export_detector_int8(weights: Path, calibration: Path | None = None,
                 continue
             measured = INT8_TOLERANCE.measure(onnx_detector.forward(check_images, True), expected, imgsz)
             if drift is not None:
-                measured["probabilities"] = drift(onnx_detector, held_out)
+                measured["probabilities"] = drift(onnx_detector, check_radiographs)
             tried.update(leading=leading, measured=measured, error=None)
             if not INT8_TOLERANCE.failures(measured):
                 return
@@ -197,23 +200,22 @@ def _int8_refusal(tried: Mapping[str, Any], n_images: int) -> str:
             f"layers in fp32 ({beyond}); this detector keeps to fp32 (--runtime onnx)")
 
 
-def probability_drift(run: Path) -> Callable[[Any, list[Path]], float]:
-    """For a classifier run: how far a candidate detector moves the run's probabilities on given files, as the
-    largest absolute difference from its PyTorch path (the same CNN, head, lung model and calibration)."""
+def probability_drift(run: Path) -> Callable[[Any, list[Any]], float]:
+    """For a classifier run: how far a candidate detector moves the run's probabilities on given radiographs
+    (always the same ones), as the largest absolute difference from its PyTorch path (the same CNN, head, lung
+    model and calibration), whose probabilities are computed on the first call only."""
     from hybridcxr.analyzer import Analyzer
-    from hybridcxr.io import read_radiograph
 
-    analyzer, seen = Analyzer(run, device="cpu"), {}
+    analyzer, expected = Analyzer(run, device="cpu"), []
 
     def probabilities(detector: Any, radiographs: list[Any]) -> np.ndarray:
         analyses = analyzer.analyze(detector.predict(radiographs, features=True))
         return np.array([list(a.probabilities.values()) for a in analyses], dtype=float)
 
-    def drift(detector: Any, files: list[Path]) -> float:
-        if "expected" not in seen:
-            seen["radiographs"] = [read_radiograph(p) for p in files]
-            seen["expected"] = probabilities(analyzer.detector, seen["radiographs"])
-        return float(np.nanmax(np.abs(probabilities(detector, seen["radiographs"]) - seen["expected"])))
+    def drift(detector: Any, radiographs: list[Any]) -> float:
+        if not expected:
+            expected.append(probabilities(analyzer.detector, radiographs))
+        return float(np.nanmax(np.abs(probabilities(detector, radiographs) - expected[0])))
 
     return drift
 

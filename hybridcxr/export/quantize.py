@@ -113,11 +113,9 @@ def calibration_files(card: dict[str, Any], weights: Path, folder: Path | None =
     return train[:CALIBRATION], val[:CHECK]
 
 
-def letterboxed(detector: Any, files: list[Path]) -> np.ndarray:
-    """``(N, S, S)`` uint8 images as the detector's ``forward`` takes them; InputError naming a bad file."""
-    from hybridcxr.io import read_radiograph
-
-    return np.stack([detector.prepare(read_radiograph(p)).image for p in files])
+def letterboxed(detector: Any, radiographs: list[Any]) -> np.ndarray:
+    """``(N, S, S)`` uint8 images of decoded radiographs as the detector's ``forward`` takes them."""
+    return np.stack([detector.prepare(r).image for r in radiographs])
 
 
 def kept_fp32(graph: Any, detect_layer: int, leading: int = 0) -> list[str]:
