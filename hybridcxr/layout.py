@@ -35,6 +35,10 @@ class PreparedLayout:
         """The prepared 8-bit PNGs of one split (``train``, ``val``, ``test``)."""
         return self.root / "images" / split
 
+    def labels(self, split: str) -> Path:
+        """The YOLO box labels of one split, one ``<image_id>.txt`` per image (empty: no box)."""
+        return self.root / "labels" / split
+
     @property
     def boxes(self) -> Path:
         """The readers' boxes after fusion, in original pixels."""

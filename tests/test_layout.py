@@ -11,8 +11,9 @@ from hybridcxr.layout import ClassifierLayout, DetectorLayout, PreparedLayout
 def test_paths_are_where_the_jobs_write_them(tmp_path):
     prepared, detector, classifier = PreparedLayout(tmp_path), DetectorLayout(tmp_path), ClassifierLayout(tmp_path)
     assert [p.relative_to(tmp_path).as_posix() for p in (prepared.manifest, prepared.boxes, prepared.summary,
-                                                          prepared.data_yaml)] == [
-        "manifest.csv", "boxes.csv", "summary.json", "data.yaml"]
+                                                          prepared.data_yaml, prepared.images("val"),
+                                                          prepared.labels("val"))] == [
+        "manifest.csv", "boxes.csv", "summary.json", "data.yaml", "images/val", "labels/val"]
     assert [p.relative_to(tmp_path).as_posix() for p in (detector.weights, detector.card, detector.last_pt,
                                                           detector.done_marker)] == [
         "weights/best.safetensors", "weights/best.json", "weights/last.pt", "weights/training-done.json"]
@@ -33,4 +34,8 @@ def test_a_folder_without_a_classifier_is_refused_naming_it(tmp_path):
 def test_the_trained_runs_match_the_layout(tiny_classifier):
     folder, run, _ = tiny_classifier
     assert ClassifierLayout(run).require().backbone.is_file() and ClassifierLayout(run).features.is_dir()
-    assert DetectorLayout(folder / "run").weights.is_file() and PreparedLayout(folder / "prepared").manifest.is_file()
+    prepared = PreparedLayout(folder / "prepared")
+    assert DetectorLayout(folder / "run").weights.is_file() and prepared.manifest.is_file()
+    for split in ("train", "val"):  # one label file per prepared image, as ultralytics pairs them
+        images, labels = sorted(prepared.images(split).glob("*.png")), sorted(prepared.labels(split).glob("*.txt"))
+        assert images and [p.stem for p in images] == [p.stem for p in labels]

@@ -235,7 +235,8 @@ def _given_splits(opts: PrepareOptions) -> dict[str, str] | None:
 
 def _remove_leftover_temp_files(out: Path) -> None:
     """Delete temporary files a killed run left behind (``.<name>.<random>.<ext>``, see files.atomic_path)."""
-    for folder in (out, out / "records", *(out / d / s for d in ("images", "labels") for s in SPLITS)):
+    layout = PreparedLayout(out)
+    for folder in (out, out / "records", *(f for s in SPLITS for f in (layout.images(s), layout.labels(s)))):
         for leftover in folder.glob(".*.*"):
             if leftover.is_file():
                 leftover.unlink()
@@ -296,9 +297,10 @@ def _decode_all(
     """Decode every image not finished by an earlier run; returns records by image_id and counts."""
     records: dict[str, dict] = {}
     jobs: list[_Job] = []
+    layout = PreparedLayout(out)
     for row in studies.itertuples(index=False):
         image_id, split = str(row.image_id), str(row.split)
-        dest = out / "images" / split / f"{image_id}.png"
+        dest = layout.images(split) / f"{image_id}.png"
         record_path = out / "records" / f"{image_id}.json"
         record = read_json_or_none(record_path)
         if record is not None and record.get("source") == str(row.path) and _settings(record) == (opts.size, opts.bits):
@@ -406,20 +408,20 @@ def _with_records(done: pd.DataFrame, records: dict[str, dict]) -> pd.DataFrame:
 
 def _write_yolo(out: Path, done: pd.DataFrame, fused: pd.DataFrame, findings: tuple[str, ...]) -> None:
     """Write one YOLO label file per image (empty for negatives), data.yaml, and remove stale files."""
-    index = {f: i for i, f in enumerate(findings)}
+    index, layout = {f: i for i, f in enumerate(findings)}, PreparedLayout(out)
     by_image = dict(tuple(fused.groupby("image_id"))) if len(fused) else {}
     wanted: set[Path] = set()
     for row in done.itertuples(index=False):
-        label = out / "labels" / row.split / f"{row.image_id}.txt"
+        label = layout.labels(row.split) / f"{row.image_id}.txt"
         wanted |= {label, out / row.image}
         boxes = by_image.get(row.image_id)
         lines = [] if boxes is None else list(_yolo_lines(boxes, row.width, row.height, index))
         write_text(label, "".join(lines))
+    for split in SPLITS:
+        for stale in (*layout.images(split).glob("*.*"), *layout.labels(split).glob("*.*")):
+            if stale not in wanted and stale.suffix in (".png", ".txt"):
+                stale.unlink()
     for folder in ("images", "labels"):
-        for split in SPLITS:
-            for stale in (out / folder / split).glob("*.*"):
-                if stale not in wanted and stale.suffix in (".png", ".txt"):
-                    stale.unlink()
         for cache in (out / folder).glob("*.cache"):
             cache.unlink()  # ultralytics' label cache would hide changed labels
     present = [s for s in SPLITS if (done["split"] == s).any()]
@@ -432,7 +434,7 @@ def _write_yolo(out: Path, done: pd.DataFrame, fused: pd.DataFrame, findings: tu
     if "val" not in present and "train" in present:
         data["val"] = "images/train"
     header = "# hybridcxr prepared dataset: YOLO layout, boxes fused across readers (see manifest.csv)\n"
-    write_text(PreparedLayout(out).data_yaml, header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    write_text(layout.data_yaml, header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def _yolo_lines(boxes: pd.DataFrame, width: float, height: float, index: dict[str, int]) -> Iterable[str]:
