@@ -74,7 +74,7 @@ class Analyzer:
         self.runtime = runtime
         self.detector: Detector = open_detector(layout.detector, device=device, runtime=runtime)
         if runtime == "onnx-int8":
-            _warn_int8_drift(self.detector)
+            _check_int8_classifies(self.detector)
         info = self.card["backbone"]
         self.backbone = build_backbone(info["name"], layout.backbone, input_size=int(info["size"]))
         self.backbone = self.backbone.to(self.detector.device).eval()
@@ -233,16 +233,12 @@ def run_gating(card: Mapping[str, object], where: Path):
     return rule if rule.gated else None
 
 
-def _warn_int8_drift(detector: Detector) -> None:
-    """Warn once per load where the int8 detector's export measured the run's probabilities moving beyond the
-    advised bound its record states (:mod:`hybridcxr.export.quantize`): its boxes are fine, its probabilities
-    are not PyTorch's."""
-    import warnings
+def _check_int8_classifies(detector: Detector) -> None:
+    """Refuse an int8 detector whose export measured this run's probabilities moving beyond the int8
+    tolerance its record states (:mod:`hybridcxr.export.quantize`): its boxes are fine, its probabilities
+    are not PyTorch's. InputError naming the record (``detector``: an ``OnnxDetector``, which knows its file)."""
+    from hybridcxr.export.record import classification_refusal, record_path
 
-    record = getattr(detector, "record", {})
-    moved = (record.get("max_abs_diff") or {}).get("probabilities")
-    advised = (record.get("tolerance") or {}).get("advised_probabilities", 0.05)  # the bound the export stated
-    if moved is not None and moved > advised:
-        warnings.warn(f"{record.get('file', 'best.int8.onnx')}: with the detector in int8 this run's probabilities "
-                      f"moved by up to {moved:.3g} on its held-out images ({record.get('checked_on', '')}); "
-                      "--runtime onnx gives PyTorch's", UserWarning, stacklevel=3)
+    why = classification_refusal(getattr(detector, "record", {}))
+    if why is not None:
+        raise InputError(record_path(detector.path), why)

@@ -25,13 +25,22 @@ def exported(run: Path) -> None:
     """Export ``run`` (fp32 and int8) unless both exports are current."""
     from hybridcxr.errors import InputError
     from hybridcxr.export.onnx import export_run
+    from hybridcxr.export.runtime import OnnxDetector
     from hybridcxr.pipeline import Analyzer
 
     try:
         Analyzer(run, runtime="onnx")  # both exports current (each checks its own files)
-        Analyzer(run, runtime="onnx-int8")
+        OnnxDetector.load(run / "detector", int8=True)
     except InputError:
         print(export_run(run, int8=True))
+
+
+def int8_refusal(run: Path) -> str | None:
+    """Why the run's int8 detector may not feed its classifier (its record), or None when it may."""
+    from hybridcxr.export.record import classification_refusal
+    from hybridcxr.export.runtime import OnnxDetector
+
+    return classification_refusal(OnnxDetector.load(run / "detector", int8=True).record)
 
 
 def split_files(prepared: Path, split: str) -> list[Path]:
@@ -90,7 +99,9 @@ def main() -> None:
         parser.error("give --demo, or --run and --prepared")
     exported(args.run)
     images = split_files(args.prepared, args.split)
-    results = {rt: run_runtime(args.run, images, args.out / rt, rt, args.prepared, args.split) for rt in RUNTIMES}
+    refused = int8_refusal(args.run)
+    runtimes = RUNTIMES if refused is None else RUNTIMES[:-1]
+    results = {rt: run_runtime(args.run, images, args.out / rt, rt, args.prepared, args.split) for rt in runtimes}
     ref = results["torch"]
     findings = ref["findings"]
     print(f"\n{args.run} on split '{args.split}' of {args.prepared} ({len(images)} original files):")
@@ -106,6 +117,9 @@ def main() -> None:
         changed = int((np.nan_to_num(ours, nan=-1) != np.nan_to_num(theirs, nan=-1)).sum())
         print(f"| {rt} | {res['gated']:.4f} | {res['ungated']:.4f} | {auroc:.4f} ({n} images) | {diff:.3g} | "
               f"{changed} of {table[decisions].size} |")
+    if refused is not None:
+        print(f"RESULT onnx-int8 refused for this run: {refused}")
+        return
     int8 = results["onnx-int8"]
     print(f"RESULT onnx-int8 - torch: mAP@0.4 gated {int8['gated'] - ref['gated']:+.4f}, ungated "
           f"{int8['ungated'] - ref['ungated']:+.4f}")

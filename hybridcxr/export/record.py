@@ -86,3 +86,18 @@ def check_export(onnx_file: Path, source: Path, model: str, int8: bool = False) 
         raise InputError(onnx_file, f"is stale: it was exported from other weights than {source} holds now "
                                     f"(sha256 differs); export again with {command}")
     return record
+
+
+def classification_refusal(record: dict[str, Any]) -> str | None:
+    """Why an int8 detector's export record does not let it feed its classifier (its probabilities moved
+    beyond the tolerance the record states, :class:`hybridcxr.export.quantize.Int8Tolerance`), or None when
+    it may."""
+    moved = (record.get("max_abs_diff") or {}).get("probabilities")
+    tolerance = record.get("tolerance") or {}
+    limit = tolerance.get("probabilities", tolerance.get("advised_probabilities"))  # the first int8 records' name
+    if moved is None or limit is None or moved <= limit:
+        return None
+    return (f"with the detector in int8 this run's probabilities moved by up to {moved:.3g} on its held-out "
+            f"images ({record.get('checked_on', 'see the record')}), beyond the int8 tolerance's {limit:g}: it "
+            "detects (`detect --weights`), but does not classify; use --runtime onnx for PyTorch's probabilities, "
+            "or export again with --calibration DIR on images of the kind it will see")

@@ -9,7 +9,8 @@ within :data:`~hybridcxr.export.record.TOLERANCE`. :class:`OnnxBackbone` embeds 
 
 ``--runtime onnx-int8`` is the same with the detector's int8 graph (``best.int8.onnx``, made by
 ``hybridcxr export --int8``; :mod:`hybridcxr.export.quantize`): its outputs are within that module's looser
-int8 tolerance, and the classifier's probabilities move with the int8 pooled features.
+int8 tolerance; the classifier's probabilities move with the int8 pooled features, and the Analyzer refuses an
+int8 graph whose record says they moved beyond that tolerance's ``probabilities``.
 
 Every file is checked against its export record before a session opens (:func:`~hybridcxr.export.record.check_export`):
 a stale or changed ONNX file is refused with its name. The PyTorch models are loaded too: the checks that a
@@ -82,9 +83,9 @@ def open_session(path: Path) -> Any:
 class OnnxDetector(Detector):
     """A :class:`Detector` whose network runs in onnxruntime (see the module doc)."""
 
-    def __init__(self, base: Detector, session: Any, record: Mapping[str, Any]) -> None:
+    def __init__(self, base: Detector, session: Any, record: Mapping[str, Any], path: Path | None = None) -> None:
         super().__init__(base.model, base.card, "cpu", base.config)
-        self.session, self.record = session, dict(record)
+        self.session, self.record, self.path = session, dict(record), path
 
     @classmethod
     def load(cls, weights: str | Path, device: str | None = None,
@@ -95,7 +96,7 @@ class OnnxDetector(Detector):
         path = resolve_weights(weights)
         onnx_file = detector_onnx(path, int8)
         record = check_export(onnx_file, path, "detector", int8)
-        return cls(Detector.load(path, device="cpu", config=config), open_session(onnx_file), record)
+        return cls(Detector.load(path, device="cpu", config=config), open_session(onnx_file), record, onnx_file)
 
     def forward(self, images: np.ndarray, features: bool = False) -> tuple[Any, np.ndarray | None]:
         """The graph on letterboxed ``(N, S, S)`` uint8 images, scaled as the PyTorch path scales them."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 
 import numpy as np
 import onnx
@@ -39,7 +38,9 @@ def test_tolerance_measures_scores_scored_boxes_and_relative_features():
     assert measured == pytest.approx({"scores": 0.05, "boxes": 0.02, "features": 0.1})
     assert Int8Tolerance(features=0.05).failures(measured) == ["features"]
     assert Int8Tolerance().failures({"scores": float("nan"), "boxes": 0.0, "features": 0.0}) == ["scores"]
-    assert Int8Tolerance(features=0.2).failures({**measured, "probabilities": 0.9}) == []  # recorded, not enforced
+    assert Int8Tolerance(features=0.2).failures({**measured, "probabilities": 0.9}) == []  # it still detects
+    assert not INT8_TOLERANCE.classifies({**measured, "probabilities": 0.06})  # but does not classify
+    assert INT8_TOLERANCE.classifies({**measured, "probabilities": 0.05}) and INT8_TOLERANCE.classifies(measured)
     assert INT8_TOLERANCE.as_dict()["kind"] == "int8"
 
 
@@ -132,9 +133,10 @@ def test_export_cli_int8_with_a_calibration_folder(tiny_detector, tmp_path):
     assert (out / "detections.csv").is_file()
 
 
-def test_analyzer_onnx_int8_probabilities_measured_and_warned(exported_classifier, tmp_path):
+def test_analyzer_onnx_int8_probabilities_measured_held_and_refused_beyond(exported_classifier, tmp_path):
     """The classifier reads the int8 detector's pooled features: its probabilities move. The export measures
-    by how much on the held-out images and records it; the runtime warns where that is beyond 0.05."""
+    by how much on the held-out images and records it; within 0.05 the run classifies on int8 (the service
+    too), beyond it the runtime refuses, naming the record, while the same graph still detects."""
     from hybridcxr.export.onnx import export_run
 
     phantom, run, _ = exported_classifier
@@ -143,27 +145,83 @@ def test_analyzer_onnx_int8_probabilities_measured_and_warned(exported_classifie
     record_file = record_path(run / "detector" / "best.int8.onnx")
     record = json.loads(record_file.read_text())
     moved = record["max_abs_diff"]["probabilities"]
-    assert 0 <= moved < 0.1 and record["tolerance"]["advised_probabilities"] == 0.05
+    assert record["tolerance"]["probabilities"] == 0.05
+    assert record["classifies"] == (moved <= 0.05) and record["features_shift_corrected"]["calibration_images"] > 0
     paths = sorted((phantom / "test").glob("*.dicom"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error" if moved <= 0.05 else "ignore")
+    if record["classifies"]:
         ours = list(Analyzer(run, runtime="onnx-int8").analyze_paths(paths))
-    theirs = list(Analyzer(run, device="cpu").analyze_paths(paths))
-    diffs = [abs(a - b) for x, y in zip(ours, theirs, strict=True)
-             for a, b in zip(x.probabilities.values(), y.probabilities.values())]
-    assert max(diffs) < 0.1
-    from hybridcxr.serve.service import AnalysisService
+        theirs = list(Analyzer(run, device="cpu").analyze_paths(paths))
+        diffs = [abs(a - b) for x, y in zip(ours, theirs, strict=True)
+                 for a, b in zip(x.probabilities.values(), y.probabilities.values())]
+        assert max(diffs) < 0.1
+        from hybridcxr.serve.service import AnalysisService
 
-    service = AnalysisService(run, device="cpu", runtime="onnx-int8")  # the service takes the runtime too
-    with open(paths[0], "rb") as upload:
-        answer = service.analyze_upload(upload, "application/dicom")
-    served = {f["finding"]: f["probability"] for f in answer["findings"]}
-    assert served == pytest.approx({k: v for k, v in ours[0].probabilities.items() if k in served}, abs=1e-5)
+        service = AnalysisService(run, device="cpu", runtime="onnx-int8")  # the service takes the runtime too
+        with open(paths[0], "rb") as upload:
+            answer = service.analyze_upload(upload, "application/dicom")
+        served = {f["finding"]: f["probability"] for f in answer["findings"]}
+        assert served == pytest.approx({k: v for k, v in ours[0].probabilities.items() if k in served}, abs=1e-5)
     record["max_abs_diff"]["probabilities"] = 0.2  # as an export on a run whose head is sensitive would record
     record_file.write_text(json.dumps(record))
-    with pytest.warns(UserWarning, match=r"best\.int8\.onnx: with the detector in int8 this run's probabilities "
-                                         r"moved by up to 0\.2 on its held-out images .*--runtime onnx gives"):
+    with pytest.raises(InputError, match=r"best\.int8\.onnx\.json: with the detector in int8 this run's "
+                                         r"probabilities moved by up to 0\.2 on its held-out images .*beyond the "
+                                         r"int8 tolerance's 0\.05.*use --runtime onnx"):
         Analyzer(run, runtime="onnx-int8")
+    result = runner.invoke(app, ["classify", str(phantom / "test"), "--model", str(run), "--out",
+                                 str(tmp_path / "refused"), "--runtime", "onnx-int8", "--no-progress"])
+    assert result.exit_code != 0 and "beyond the int8 tolerance" in result.output
+    assert not (tmp_path / "refused" / "predictions.csv").exists()
+    assert len(list(OnnxDetector.load(run / "detector", int8=True).predict_paths(paths[:2]))) == 2  # it detects
+
+
+def test_the_features_shift_is_corrected_on_the_calibration_images(exported_detector, tmp_path):
+    """The written graph adds back the mean shift int8 gives each pooled feature on the calibration images:
+    on those images its features' mean error is 0, and the correction is a constant after ``features``."""
+    from hybridcxr.export.quantize import correct_features, letterboxed, quantize_detector
+    from hybridcxr.export.runtime import DETECTOR_INPUT, open_session
+
+    _, run, _ = exported_detector
+    detector = Detector.load(run, device="cpu")
+    calibrate, _ = calibration_files(detector.card, run / "weights" / "best.safetensors")
+    images = letterboxed(detector, [read_radiograph(p) for p in calibrate[:16]])
+    reference = detector.forward(images, True)[1]
+    dest = tmp_path / "int8.onnx"
+    quantize_detector(run / "weights" / "best.onnx", dest, images, len(detector.model.model) - 1, DETECTOR_INPUT)
+    before = OnnxDetector(detector, open_session(dest), {}).forward(images, True)[1]
+    shift = correct_features(dest, images, reference)
+    after = OnnxDetector(detector, open_session(dest), {}).forward(images, True)[1]
+    assert shift.shape == (detector.feature_dim,) and np.abs(shift).max() > 0
+    np.testing.assert_allclose(after, before + shift, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose((reference - after).mean(axis=0), 0.0, atol=1e-5 * np.abs(reference).max())
+    graph = onnx.load(str(dest)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    assert producer["features"].op_type == "Add" and producer["features"].input[0] == "features_int8"
+
+
+def test_the_search_goes_on_for_the_probabilities_and_falls_back_for_detection(exported_detector, tmp_path,
+                                                                               monkeypatch):
+    """A classifier run's probabilities beyond 0.05 with 0 and 2 fp32 layers, within with 4: the graph with 4 is
+    written. Beyond with every attempt: the first graph within the detection tolerance is written again and
+    recorded as not classifying."""
+    from hybridcxr.export import onnx as exporter
+
+    run = copy_run(exported_detector[1], tmp_path)
+    weights = run / "weights" / "best.safetensors"
+    tried: list[int] = []
+    real = exporter.quantize_detector
+    monkeypatch.setattr(exporter, "quantize_detector", lambda *a: tried.append(a[-1]) or real(*a))
+    moved = iter([0.2, 0.1, 0.01])
+    exporter.export_detector_int8(weights, drift=lambda detector, radiographs: next(moved))
+    record = json.loads(record_path(run / "weights" / "best.int8.onnx").read_text())
+    assert tried == [0, 2, 4] and record["fp32_layers"] == [0, 1, 2, 3] and record["classifies"]
+    assert record["max_abs_diff"]["probabilities"] == 0.01
+    tried.clear()
+    exported = exporter.export_detector_int8(weights, drift=lambda detector, radiographs: 0.3)
+    record = json.loads(record_path(run / "weights" / "best.int8.onnx").read_text())
+    assert tried == [0, 2, 4, 6, 0] and record["fp32_layers"] == [] and not record["classifies"]
+    assert not INT8_TOLERANCE.failures(record["max_abs_diff"]) and record["max_abs_diff"]["probabilities"] == 0.3
+    assert "probabilities are beyond the tolerance: classify, gated detect and serve refuse it" in str(
+        exporter.ExportResult(run, [exported]))
 
 
 def test_first_layers_kept_fp32_on_request(exported_detector):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hybridcxr.errors import InputError
-from hybridcxr.export.record import KIND, Tolerance, check_export, record_path
+from hybridcxr.export.record import KIND, Tolerance, check_export, classification_refusal, record_path
 from hybridcxr.files import file_sha256
 
 
@@ -44,3 +44,17 @@ def test_check_export_accepts_the_recorded_file_and_refuses_changes(tmp_path):
     record_path(onnx_file).write_text("{not json")
     with pytest.raises(InputError, match=r"head\.onnx\.json: not readable JSON"):
         check_export(onnx_file, source, "head")
+
+
+def test_an_int8_record_classifies_only_within_the_probabilities_it_states():
+    def record(moved, **tolerance):
+        return {"max_abs_diff": {"scores": 0.01, **({} if moved is None else {"probabilities": moved})},
+                "tolerance": tolerance, "checked_on": "32 held-out images (val)"}
+
+    assert classification_refusal(record(0.05, probabilities=0.05)) is None
+    assert classification_refusal(record(None, probabilities=0.05)) is None  # a detector run: nothing measured
+    why = classification_refusal(record(0.081, probabilities=0.05))
+    assert why is not None and why.startswith("with the detector in int8 this run's probabilities moved by up to "
+                                              "0.081 on its held-out images (32 held-out images (val)), beyond")
+    assert classification_refusal(record(0.081, advised_probabilities=0.05)) is not None  # the first records' key
+    assert classification_refusal(record(0.03, advised_probabilities=0.05)) is None
