@@ -241,4 +241,5 @@ def _check_int8_classifies(detector: Detector) -> None:
 
     why = classification_refusal(getattr(detector, "record", {}))
     if why is not None:
-        raise InputError(record_path(detector.path), why)
+        path = getattr(detector, "path", None)
+        raise InputError(record_path(path) if path is not None else detector.record.get("file", "int8 record"), why)

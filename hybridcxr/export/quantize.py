@@ -18,8 +18,9 @@ the record names them; where it fails even so, nothing is written and the detect
 int8 also shifts each pooled feature a little, the same way on most images (rounding is biased after SiLU);
 the classifier reads those features. Each written graph therefore adds back the mean shift measured on the
 calibration images (bias correction, as in Nagel et al. 2019, "Data-Free Quantization", section 4.2, at the
-one output where it matters): on the demo's detector this halved how far the probabilities moved (0.081 to
-0.044), on NIH's it changed little (0.025 to 0.027).
+one output where it matters): with every layer int8, it halved how far the demo's probabilities moved (0.081
+to 0.044) and changed little on NIH's detector (0.025 to 0.027; that graph is not the one written, whose
+features needed the first 4 layers fp32: 0.016 there).
 
 int8 cannot match fp32 to rounding, so its outputs are held to :data:`INT8_TOLERANCE` (scores in absolute
 terms, boxes as a fraction of the image size, features relative to the largest): looser than the fp32
@@ -181,7 +182,8 @@ def quantize_detector(src: Path, dest: Path, images: np.ndarray, detect_layer: i
 def correct_features(path: Path, images: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Add to the int8 detector graph at ``path`` the mean shift of its pooled features on ``images`` (the
     calibration images, letterboxed uint8) from ``reference`` (PyTorch's fp32 features of them), as a
-    constant after its ``features`` output; returns that shift, one value per feature."""
+    constant after its ``features`` output; returns that shift, one value per feature. For a graph fresh
+    from :func:`quantize_detector` only (a second call would add a second shift)."""
     import onnx
     from onnx import helper, numpy_helper
 

@@ -89,13 +89,16 @@ def check_export(onnx_file: Path, source: Path, model: str, int8: bool = False) 
 
 
 def classification_refusal(record: dict[str, Any]) -> str | None:
-    """Why an int8 detector's export record does not let it feed its classifier (its probabilities moved
-    beyond the tolerance the record states, :class:`hybridcxr.export.quantize.Int8Tolerance`), or None when
-    it may."""
+    """Why an int8 detector's export record does not let it feed its classifier, or None when it may: only a
+    record that measured the run's probabilities (a classifier run's export) within the tolerance it states
+    (:class:`hybridcxr.export.quantize.Int8Tolerance`) may."""
     moved = (record.get("max_abs_diff") or {}).get("probabilities")
     tolerance = record.get("tolerance") or {}
     limit = tolerance.get("probabilities", tolerance.get("advised_probabilities"))  # the first int8 records' name
-    if moved is None or limit is None or moved <= limit:
+    if moved is None or limit is None:
+        return ("its export measured no classifier's probabilities (a detector run's int8 export?): export the "
+                "classifier run itself with --int8, or use --runtime onnx")
+    if moved <= limit:
         return None
     return (f"with the detector in int8 this run's probabilities moved by up to {moved:.3g} on its held-out "
             f"images ({record.get('checked_on', 'see the record')}), beyond the int8 tolerance's {limit:g}: it "

@@ -52,7 +52,8 @@ def test_an_int8_record_classifies_only_within_the_probabilities_it_states():
                 "tolerance": tolerance, "checked_on": "32 held-out images (val)"}
 
     assert classification_refusal(record(0.05, probabilities=0.05)) is None
-    assert classification_refusal(record(None, probabilities=0.05)) is None  # a detector run: nothing measured
+    assert "measured no classifier's probabilities" in classification_refusal(record(None, probabilities=0.05))
+    assert classification_refusal(record(float("nan"), probabilities=0.05)) is not None
     why = classification_refusal(record(0.081, probabilities=0.05))
     assert why is not None and why.startswith("with the detector in int8 this run's probabilities moved by up to "
                                               "0.081 on its held-out images (32 held-out images (val)), beyond")
