@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from hybridcxr.export.runtime import (
     BACKBONE_INPUT, BACKBONE_OUTPUT, DETECTOR_INPUT, DETECTOR_OUTPUTS, HEAD_OUTPUT, OnnxBackbone, OnnxDetector,
     OnnxHead, detector_onnx, open_session,
 )
-from hybridcxr.files import atomic_path, file_sha256, write_json
+from hybridcxr.files import atomic_path, file_sha256, read_model_card, write_json
 from hybridcxr.layout import ClassifierLayout
 
 FORMATS: tuple[str, ...] = ("onnx",)
@@ -82,6 +82,10 @@ class ExportResult:
                 limits = ", ".join(f"{k} {getattr(INT8_TOLERANCE, k):g}" for k in held)
                 lines.append(f"  {item.model} int8: {item.path} (on {CHECK} held-out images or fewer, largest "
                              f"difference: {diffs}; int8 tolerance {limits}: see hybridcxr.export.quantize)")
+                flips = read_model_card(record_path(item.path), KIND, "ONNX export record").get("decisions_flipped")
+                if flips:
+                    lines.append(f"    the run's decisions at its thresholds: {flips['flipped']} of {flips['of']} "
+                                 "flipped on those images")
                 if not INT8_TOLERANCE.classifies(item.max_abs_diff):
                     lines.append("    it detects, but its probabilities are beyond the tolerance: classify, gated "
                                  "detect and serve refuse it (--runtime onnx gives PyTorch's probabilities)")
@@ -152,7 +156,7 @@ def export_detector(weights: Path) -> Exported:
 
 
 def export_detector_int8(weights: Path, calibration: Path | None = None,
-                         drift: Callable[[Any, list[Any]], float] | None = None) -> Exported:
+                         drift: Callable[[Any, list[Any]], Drift] | None = None) -> Exported:
     """Write ``best.int8.onnx`` beside the detector's fp32 ``best.onnx`` (exported first): its int8 version,
     calibrated and checked on real images (:mod:`hybridcxr.export.quantize`) within :data:`INT8_TOLERANCE`;
     with ``drift`` (a classifier run's :func:`probability_drift`) the run's probabilities are measured and
@@ -203,7 +207,7 @@ class _Int8Search:
     correct the features' shift, measure); ``tried`` holds the last one's outcome."""
 
     def __init__(self, torch_detector: Any, fp32: Path, images: np.ndarray, check_images: np.ndarray,
-                 check_radiographs: list[Any], drift: Callable[[Any, list[Any]], float] | None) -> None:
+                 check_radiographs: list[Any], drift: Callable[[Any, list[Any]], Drift] | None) -> None:
         self.torch_detector, self.fp32, self.images, self.drift = torch_detector, fp32, images, drift
         self.check_images, self.check_radiographs = check_images, check_radiographs
         self.expected = torch_detector.forward(check_images, True)
@@ -224,17 +228,20 @@ class _Int8Search:
             return None
         measured = INT8_TOLERANCE.measure(onnx_detector.forward(self.check_images, True), self.expected,
                                           detector.imgsz)
-        if self.drift is not None:
-            measured["probabilities"] = self.drift(onnx_detector, self.check_radiographs)
+        drift = None if self.drift is None else self.drift(onnx_detector, self.check_radiographs)
+        if drift is not None:
+            measured["probabilities"] = drift.largest
         scale = max(float(np.abs(self.reference).max()), 1e-12)
         self.tried = {"leading": leading, "measured": measured, "error": None,
-                      "shift": float(np.abs(shift).max()) / scale}
+                      "shift": float(np.abs(shift).max()) / scale, "drift": drift}
         return measured
 
     def record_fields(self) -> dict[str, Any]:
-        """What the record adds: the fp32 layers, the features' shift correction, whether it classifies."""
-        tried = self.tried
-        return {"fp32_layers": list(range(tried["leading"])),
+        """What the record adds: the fp32 layers, the features' shift correction, whether it classifies and
+        how many of the run's decisions flipped on the check images."""
+        tried, drift = self.tried, self.tried["drift"]
+        flips = {} if drift is None else {"decisions_flipped": {"flipped": drift.flipped, "of": drift.decisions}}
+        return {**flips, "fp32_layers": list(range(tried["leading"])),
                 "features_shift_corrected": {"calibration_images": len(self.images),
                                              "largest_relative": round(tried["shift"], 6)},
                 "classifies": (INT8_TOLERANCE.classifies(tried["measured"])  # None: no classifier measured
@@ -252,25 +259,36 @@ def _int8_refusal(tried: Mapping[str, Any], n_images: int) -> str:
             f"layers in fp32 ({beyond}); this detector keeps to fp32 (--runtime onnx)")
 
 
-def probability_drift(run: Path) -> Callable[[Any, list[Any]], float]:
-    """For a classifier run: how far a candidate detector moves the run's probabilities on given radiographs
-    (always the same ones), as the largest absolute difference from its PyTorch path (the same CNN, head, lung
-    model and calibration), whose probabilities are computed on the first call only."""
+class Drift(NamedTuple):
+    """How far a candidate detector moves a classifier run's outputs on the check images: the largest absolute
+    probability difference, and how many of the run's yes/no decisions (at its thresholds) flip, of how many."""
+
+    largest: float
+    flipped: int
+    decisions: int
+
+
+def probability_drift(run: Path) -> Callable[[Any, list[Any]], Drift]:
+    """For a classifier run: how far a candidate detector moves the run's probabilities and decisions on given
+    radiographs (always the same ones) from its PyTorch path (the same CNN, head, lung model, calibration and
+    thresholds), whose outputs are computed on the first call only."""
     from hybridcxr.analyzer import Analyzer
 
     analyzer, expected = Analyzer(run, device="cpu"), []
 
-    def probabilities(detector: Any, radiographs: list[Any]) -> np.ndarray:
+    def outputs(detector: Any, radiographs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         analyses = analyzer.analyze(detector.predict(radiographs, features=True))
-        return np.array([list(a.probabilities.values()) for a in analyses], dtype=float)
+        decisions = [[np.nan if d is None else float(d) for d in a.decisions.values()] for a in analyses]
+        return np.array([list(a.probabilities.values()) for a in analyses], dtype=float), np.array(decisions)
 
-    def drift(detector: Any, radiographs: list[Any]) -> float:
+    def drift(detector: Any, radiographs: list[Any]) -> Drift:
         if not expected:
-            expected.append(probabilities(analyzer.detector, radiographs))
-        ours = probabilities(detector, radiographs)
-        moved = np.abs(ours - expected[0])
-        moved[np.isnan(ours) != np.isnan(expected[0])] = np.inf  # a number on one side only: as far as it gets
-        return float(np.nanmax(moved))
+            expected.append(outputs(analyzer.detector, radiographs))
+        (ours, our_calls), (theirs, their_calls) = outputs(detector, radiographs), expected[0]
+        moved = np.abs(ours - theirs)
+        moved[np.isnan(ours) != np.isnan(theirs)] = np.inf  # a number on one side only: as far as it gets
+        made = ~np.isnan(their_calls)  # decisions the run makes (none for findings it never learned)
+        return Drift(float(np.nanmax(moved)), int((our_calls[made] != their_calls[made]).sum()), int(made.sum()))
 
     return drift
 
@@ -278,8 +296,6 @@ def probability_drift(run: Path) -> Callable[[Any, list[Any]], float]:
 def export_backbone(layout: ClassifierLayout) -> Exported:
     """Write the CNN of a classifier run as ``model/backbone.onnx``: prepared pixels in, the embedding out."""
     from hybridcxr.classify.backbone import build_backbone
-    from hybridcxr.files import read_model_card
-
     info = read_model_card(layout.card, "hybridcxr fusion head", "fusion head")["backbone"]
     backbone = build_backbone(info["name"], layout.backbone, input_size=int(info["size"])).eval()
     if backbone.fingerprint() != info["fingerprint"]:

@@ -141,12 +141,15 @@ def test_analyzer_onnx_int8_probabilities_measured_held_and_refused_beyond(expor
 
     phantom, run, _ = exported_classifier
     run = copy_run(run, tmp_path)
-    export_run(run, int8=True)
+    printed = str(export_run(run, int8=True))
     record_file = record_path(run / "detector" / "best.int8.onnx")
     record = json.loads(record_file.read_text())
     moved = record["max_abs_diff"]["probabilities"]
     assert record["tolerance"]["probabilities"] == 0.05 and 0 <= moved <= 0.05 and record["classifies"] is True
     assert record["features_shift_corrected"]["calibration_images"] > 0
+    flips = record["decisions_flipped"]  # the run's yes/no calls at its thresholds, on the same check images
+    assert flips["of"] > 0 and 0 <= flips["flipped"] <= flips["of"]
+    assert f"the run's decisions at its thresholds: {flips['flipped']} of {flips['of']} flipped" in printed
     paths = sorted((phantom / "test").glob("*.dicom"))
     ours = list(Analyzer(run, runtime="onnx-int8").analyze_paths(paths))
     theirs = list(Analyzer(run, device="cpu").analyze_paths(paths))
@@ -210,12 +213,12 @@ def test_the_search_goes_on_for_the_probabilities_and_falls_back_for_detection(e
     real = exporter.quantize_detector
     monkeypatch.setattr(exporter, "quantize_detector", lambda *a: tried.append(a[-1]) or real(*a))
     moved = iter([0.2, 0.1, 0.01])
-    exporter.export_detector_int8(weights, drift=lambda detector, radiographs: next(moved))
+    exporter.export_detector_int8(weights, drift=lambda detector, radiographs: exporter.Drift(next(moved), 1, 30))
     record = json.loads(record_path(run / "weights" / "best.int8.onnx").read_text())
     assert tried == [0, 2, 4] and record["fp32_layers"] == [0, 1, 2, 3] and record["classifies"]
-    assert record["max_abs_diff"]["probabilities"] == 0.01
+    assert record["max_abs_diff"]["probabilities"] == 0.01 and record["decisions_flipped"] == {"flipped": 1, "of": 30}
     tried.clear()
-    exported = exporter.export_detector_int8(weights, drift=lambda detector, radiographs: 0.3)
+    exported = exporter.export_detector_int8(weights, drift=lambda detector, radiographs: exporter.Drift(0.3, 4, 30))
     record = json.loads(record_path(run / "weights" / "best.int8.onnx").read_text())
     assert tried == [0, 2, 4, 6] and record["fp32_layers"] == [] and record["classifies"] is False
     assert not INT8_TOLERANCE.failures(record["max_abs_diff"]) and record["max_abs_diff"]["probabilities"] == 0.3
@@ -290,3 +293,24 @@ def test_a_quantiser_failure_names_the_file(exported_detector, tmp_path, monkeyp
                                           r"fp32 failed \(RuntimeError: calibration tensor missing\)"):
         exporter.export_detector_int8(run / "weights" / "best.safetensors")
     assert not (run / "weights" / "best.int8.onnx").exists()
+
+
+def test_drift_counts_the_decisions_a_candidate_flips(exported_classifier):
+    """The run's own detector moves nothing; one whose pooled features are scaled up moves probabilities and
+    flips calls, counted over the decisions the run makes (findings it never learned make none)."""
+    from hybridcxr.export.onnx import probability_drift
+
+    phantom, run, _ = exported_classifier
+    radiographs = [read_radiograph(p) for p in sorted((phantom / "test").glob("*.dicom"))[:6]]
+    drift, analyzer = probability_drift(run), Analyzer(run, device="cpu")
+    learned = len(analyzer.findings) - len(analyzer.unlearned)
+    assert drift(analyzer.detector, radiographs) == (0.0, 0, len(radiographs) * learned)
+
+    class Louder(Detector):
+        def forward(self, images, features=False):
+            raw, pooled = super().forward(images, features)
+            return raw, None if pooled is None else pooled * 25.0 + 10.0
+
+    base = analyzer.detector
+    moved = drift(Louder(base.model, base.card, base.device, base.config), radiographs)
+    assert moved.largest > 0.05 and 0 < moved.flipped <= moved.decisions == len(radiographs) * learned
