@@ -239,7 +239,6 @@ def _check_int8_classifies(detector: Detector) -> None:
     are not PyTorch's. InputError naming the record (``detector``: an ``OnnxDetector``, which knows its file)."""
     from hybridcxr.export.record import classification_refusal, record_path
 
-    why = classification_refusal(getattr(detector, "record", {}))
+    why = classification_refusal(detector.record)
     if why is not None:
-        path = getattr(detector, "path", None)
-        raise InputError(record_path(path) if path is not None else detector.record.get("file", "int8 record"), why)
+        raise InputError(record_path(detector.path), why)

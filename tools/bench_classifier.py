@@ -46,6 +46,7 @@ from pathlib import Path
 
 from _baseline import best_baseline_seconds
 from bench_detector import best_rate, tiny_run
+from bench_int8 import exported, int8_refusal
 from run_real import run_nih
 
 REPO = Path(__file__).resolve().parents[1]
@@ -259,20 +260,13 @@ def runtime_speed(args: argparse.Namespace) -> None:
     probabilities compared first (fp32 within the export's tolerance; int8's differences printed as measured)."""
     import numpy as np
 
-    from hybridcxr.errors import InputError
-    from hybridcxr.export.onnx import export_run
     from hybridcxr.export.quantize import INT8_TOLERANCE
-    from hybridcxr.export.record import TOLERANCE, classification_refusal
-    from hybridcxr.export.runtime import OnnxDetector
+    from hybridcxr.export.record import TOLERANCE
     from hybridcxr.pipeline import Analyzer
 
     cls, det = runtime_models(args)
-    try:  # both exports current (each load checks its own files)
-        Analyzer(cls, runtime="onnx")
-        OnnxDetector.load(cls / "detector", int8=True)
-    except InputError:
-        print(export_run(cls, int8=True))
-    refused = classification_refusal(OnnxDetector.load(cls / "detector", int8=True).record)
+    exported(cls)
+    refused = int8_refusal(cls)
     if refused is not None:
         raise SystemExit(f"{cls}: its int8 detector does not classify ({refused}); time a run whose export keeps "
                          "the int8 tolerance")

@@ -63,6 +63,7 @@ class Exported:
     path: Path
     max_abs_diff: dict[str, float]
     int8: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)  # what the int8 search added to the record
 
 
 @dataclass
@@ -82,11 +83,11 @@ class ExportResult:
                 limits = ", ".join(f"{k} {getattr(INT8_TOLERANCE, k):g}" for k in held)
                 lines.append(f"  {item.model} int8: {item.path} (on {CHECK} held-out images or fewer, largest "
                              f"difference: {diffs}; int8 tolerance {limits}: see hybridcxr.export.quantize)")
-                flips = read_model_card(record_path(item.path), KIND, "ONNX export record").get("decisions_flipped")
+                flips = item.extra.get("decisions_flipped")
                 if flips:
                     lines.append(f"    the run's decisions at its thresholds: {flips['flipped']} of {flips['of']} "
                                  "flipped on those images")
-                if not INT8_TOLERANCE.classifies(item.max_abs_diff):
+                if item.extra.get("classifies") is False:
                     lines.append("    it detects, but its probabilities are beyond the tolerance: classify, gated "
                                  "detect and serve refuse it (--runtime onnx gives PyTorch's probabilities)")
             else:
@@ -199,7 +200,7 @@ def export_detector_int8(weights: Path, calibration: Path | None = None,
             f"({calibrate[0].parent})"
     done = _write_judged(detector_onnx(weights, int8=True), "detector", weights, write, judge,
                          INT8_TOLERANCE.as_dict(), where, search.record_fields)
-    return Exported(done.model, done.path, done.max_abs_diff, int8=True)
+    return Exported(done.model, done.path, done.max_abs_diff, int8=True, extra=search.record_fields())
 
 
 class _Int8Search:
